@@ -1,0 +1,23 @@
+// fisherkit::_C — op schemas and the Python module that carries the build's torch version.
+// Each op has one schema here and one implementation file per device (csrc/cpu/, csrc/cuda/).
+#include <Python.h>
+#include <torch/library.h>
+
+#ifndef FISHERKIT_TORCH_VERSION
+#define FISHERKIT_TORCH_VERSION "unknown"
+#endif
+
+TORCH_LIBRARY(fisherkit, m) {
+  // out += scale * sum_{k,n} (sum_t g[k,n,t,:] a[n,t,:]^T)^2 ; out (O, I), g (K, N, T, O), a (N, T, I)
+  m.def("sqgrad_accumulate_(Tensor(a!) out, Tensor grad_output, Tensor inputs, float scale) -> ()");
+}
+
+static struct PyModuleDef fisherkit_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* module = PyModule_Create(&fisherkit_module);
+  if (module != nullptr) {
+    PyModule_AddStringConstant(module, "torch_version", FISHERKIT_TORCH_VERSION);
+  }
+  return module;
+}

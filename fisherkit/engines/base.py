@@ -1,0 +1,34 @@
+"""The contract shared by the engines that turn a batch into squared per-sample gradient sums."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+from torch import Tensor, nn
+
+ModelInputs = Tensor | Sequence[Tensor]
+ColumnsFn = Callable[[Tensor], Tensor]
+
+
+def call_model(model: nn.Module, inputs: ModelInputs) -> Tensor:
+    """``model(x)`` for a tensor, ``model(*x)`` for a sequence of tensors; the output must be a tensor."""
+    output = model(inputs) if isinstance(inputs, Tensor) else model(*inputs)
+    if not isinstance(output, Tensor):
+        raise TypeError(
+            f"the model returned {type(output).__name__}; fisherkit needs a model whose output is one "
+            f"tensor of predictions. Wrap it so that forward returns the logits or means."
+        )
+    return output
+
+
+class Engine(ABC):
+    """Computes Σ_{k,n} (∇_θ s_{k,n}·f_n)² for one batch, per trainable parameter.
+
+    The columns s (``(K, B, *output.shape[1:])``) come from ``columns_fn(output)``, so the Fisher
+    type lives with the estimator and the engine only differentiates.
+    """
+
+    @abstractmethod
+    def sqgrad_batch(self, inputs: ModelInputs, columns_fn: ColumnsFn) -> tuple[dict[str, Tensor], int]:
+        """Returns ``({parameter name: Σ_{k,n} g²}, batch size)`` for one batch."""

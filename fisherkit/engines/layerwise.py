@@ -1,0 +1,90 @@
+"""The layerwise engine: hooks capture layer inputs and outputs; one backward per column chunk
+returns the output gradients of every layer at once; the layer rules do the rest."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fisherkit.capture import Capture
+from fisherkit.engines.base import ColumnsFn, Engine, ModelInputs, call_model
+from fisherkit.plan import Plan, PlanEntry
+from fisherkit.rules.base import LayerCall
+
+
+class LayerwiseEngine(Engine):
+    """Backpropagates all columns in one batched backward (``is_grads_batched``) to the layer
+    outputs only, so no weight gradients are formed; rules square and sum per-sample gradients,
+    without materializing them where they have a fast path.
+
+    Args:
+        model: The model.
+        plan: From ``build_plan``; must pass ``plan.require_layerwise()``.
+        memory_budget: Bytes for the batched output gradients; columns are split into chunks to fit.
+    """
+
+    def __init__(self, model: nn.Module, plan: Plan, memory_budget: int) -> None:
+        plan.require_layerwise()
+        self.model = model
+        self.plan = plan
+        self.memory_budget = memory_budget
+
+    def _forward(self, inputs: ModelInputs) -> tuple[Capture, Tensor]:
+        modules = [entry.module for entry in self.plan.entries]
+        with torch.enable_grad():
+            with Capture(modules) as capture:
+                output = call_model(self.model, inputs)
+            if capture.outputs_modified():
+                with Capture(modules, clone_outputs=True) as capture:
+                    output = call_model(self.model, inputs)
+        return capture, output
+
+    def sqgrad_batch(self, inputs: ModelInputs, columns_fn: ColumnsFn) -> tuple[dict[str, Tensor], int]:
+        capture, output = self._forward(inputs)
+        columns = columns_fn(output)
+        entries = [e for e in self.plan.entries if capture.calls[e.module]]
+        calls = [call for e in entries for call in capture.calls[e.module]]
+        bytes_per_column = sum(c.output.numel() * c.output.element_size() for c in calls)
+        chunk = max(1, self.memory_budget // max(1, bytes_per_column))
+        sums: dict[str, Tensor] = {}
+        pieces = columns.split(chunk)
+        for index, piece in enumerate(pieces):
+            grads = self._output_grads(output, calls, piece, retain=index + 1 < len(pieces))
+            by_call = dict(zip(map(id, calls), grads))
+            for entry in entries:
+                entry_grads = [by_call[id(call)] for call in capture.calls[entry.module]]
+                for name, value in _entry_sqgrad(entry, capture.calls[entry.module], entry_grads).items():
+                    full = entry.full_name(name)
+                    sums[full] = sums[full] + value if full in sums else value
+        return sums, output.shape[0]
+
+    @staticmethod
+    def _output_grads(output: Tensor, calls: list[LayerCall], columns: Tensor, retain: bool) -> list[Tensor]:
+        """``(K, B, ...)`` gradients of s·f w.r.t. every recorded layer output (zeros when unused)."""
+        batched = columns.shape[0] > 1
+        grads = torch.autograd.grad(
+            output,
+            [c.output for c in calls],
+            grad_outputs=columns if batched else columns[0],
+            retain_graph=retain,
+            allow_unused=True,
+            is_grads_batched=batched,
+        )
+        shaped = []
+        for call, grad in zip(calls, grads):
+            if grad is None:
+                grad = call.output.new_zeros((columns.shape[0], *call.output.shape))
+            shaped.append(grad if batched else grad.unsqueeze(0))
+        return shaped
+
+
+def _entry_sqgrad(entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> dict[str, Tensor]:
+    """Squared per-sample gradient sums of one module; a module called several times in one
+    forward gets its per-call gradients added before squaring (the square is nonlinear)."""
+    if len(calls) == 1:
+        return entry.rule.sqgrad_sum(entry.module, calls[0], grads[0], entry.local_names)
+    total: dict[str, Tensor] = {}
+    for call, grad in zip(calls, grads):
+        for name, value in entry.rule.per_sample_grads(entry.module, call, grad, entry.local_names).items():
+            total[name] = total[name] + value if name in total else value
+    return {name: value.square().sum((0, 1)) for name, value in total.items()}

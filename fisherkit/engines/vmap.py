@@ -1,0 +1,59 @@
+"""The vmap engine: whole-model per-sample gradients with ``torch.func``, chunked to a budget.
+
+It serves every model ``torch.func`` can trace, tied weights included, at the cost of
+materializing per-sample gradients chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vjp, vmap
+
+from fisherkit.engines.base import ColumnsFn, Engine, ModelInputs, call_model
+
+
+class VmapEngine(Engine):
+    """Per-sample vector-Jacobian products of the whole model, vmapped over samples and columns.
+
+    Args:
+        model: The model.
+        names: Trainable parameter names to differentiate (others stay fixed).
+        memory_budget: Bytes for the per-sample gradients of one chunk of samples.
+    """
+
+    def __init__(self, model: nn.Module, names: list[str], memory_budget: int) -> None:
+        self.model = model
+        self.names = names
+        self.memory_budget = memory_budget
+
+    def sqgrad_batch(self, inputs: ModelInputs, columns_fn: ColumnsFn) -> tuple[dict[str, Tensor], int]:
+        named = dict(self.model.named_parameters())
+        params = {name: named[name].detach() for name in self.names}
+        with torch.no_grad():
+            output = call_model(self.model, inputs)
+        columns = columns_fn(output)
+        is_tensor = isinstance(inputs, Tensor)
+
+        def one_sample(sample_inputs: ModelInputs, sample_columns: Tensor) -> dict[str, Tensor]:
+            batched_inputs = sample_inputs.unsqueeze(0) if is_tensor else [x.unsqueeze(0) for x in sample_inputs]
+
+            def forward(p: dict[str, Tensor]) -> Tensor:
+                return functional_call(self.model, p, (batched_inputs,) if is_tensor else tuple(batched_inputs))
+
+            _, pullback = vjp(forward, params)
+            grads = vmap(pullback)(sample_columns.unsqueeze(1))[0]
+            return {name: g.square().sum(0) for name, g in grads.items()}
+
+        batch = output.shape[0]
+        bytes_per_sample = 3 * columns.shape[0] * sum(p.numel() * p.element_size() for p in params.values())
+        chunk = max(1, self.memory_budget // max(1, bytes_per_sample))
+        per_sample = vmap(one_sample, in_dims=(0, 1))
+        sums: dict[str, Tensor] = {}
+        for start in range(0, batch, chunk):
+            part = slice(start, start + chunk)
+            sample_inputs = inputs[part] if is_tensor else [x[part] for x in inputs]
+            for name, value in per_sample(sample_inputs, columns[:, part]).items():
+                value = value.sum(0)
+                sums[name] = sums[name] + value if name in sums else value
+        return sums, batch

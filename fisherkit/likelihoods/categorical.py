@@ -1,0 +1,95 @@
+"""Categorical likelihood over logits (cross-entropy), with sequence outputs and an ignore index."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fisherkit.likelihoods.base import Likelihood, check_batch_dims, split_positions
+
+
+class Categorical(Likelihood):
+    """p(y | f) = softmax(f)_y over the last axis; outputs ``(B, C)`` or ``(B, T..., C)``.
+
+    For sequence outputs the sample is the row n: log p(y_n | x_n) = Σ_t log p(y_{n,t} | f_{n,t}),
+    with positions whose target equals ``ignore_index`` left out (they contribute nothing).
+
+    Args:
+        ignore_index: Target value marking positions to leave out (as in ``cross_entropy``).
+    """
+
+    name = "categorical"
+
+    def __init__(self, ignore_index: int = -100) -> None:
+        self.ignore_index = ignore_index
+
+    def check(self, output: Tensor, target: Tensor | None) -> None:
+        if output.dim() < 2 or output.shape[-1] < 2:
+            raise ValueError(
+                f"categorical likelihood needs logits of shape (B, C) or (B, T, C) with C >= 2 "
+                f"classes on the last axis; got model outputs of shape {tuple(output.shape)}. "
+                f"For one logit per sample use likelihood='bernoulli'."
+            )
+        if target is None:
+            return
+        check_batch_dims(output, target, tuple(output.shape[:-1]), "categorical likelihood")
+        if target.dtype.is_floating_point or target.dtype == torch.bool:
+            raise ValueError(
+                f"categorical likelihood needs integer class labels; got targets of dtype {target.dtype}."
+            )
+        valid = target[target != self.ignore_index]
+        num_classes = output.shape[-1]
+        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_classes):
+            raise ValueError(
+                f"categorical likelihood: labels must lie in [0, {num_classes - 1}] (or equal "
+                f"ignore_index={self.ignore_index}); found labels in "
+                f"[{int(valid.min())}, {int(valid.max())}]."
+            )
+
+    def mask(self, output: Tensor, target: Tensor | None) -> Tensor | None:
+        if target is None or output.dim() == 2 and not bool((target == self.ignore_index).any()):
+            return None
+        return (target != self.ignore_index).unsqueeze(-1)
+
+    def sample(self, output: Tensor, generator: torch.Generator | None) -> Tensor:
+        probs = output.detach().softmax(-1).reshape(-1, output.shape[-1])
+        drawn = torch.multinomial(probs, 1, generator=generator)
+        return drawn.reshape(output.shape[:-1])
+
+    def log_prob(self, output: Tensor, target: Tensor) -> Tensor:
+        valid = target != self.ignore_index
+        safe = torch.where(valid, target, torch.zeros_like(target))
+        per_position = output.log_softmax(-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+        per_position = per_position * valid
+        return per_position.reshape(output.shape[0], -1).sum(1)
+
+    def grad_nll(self, output: Tensor, target: Tensor) -> Tensor:
+        valid = target != self.ignore_index
+        safe = torch.where(valid, target, torch.zeros_like(target))
+        grad = output.detach().softmax(-1)
+        grad.scatter_add_(-1, safe.unsqueeze(-1), -torch.ones_like(grad[..., :1]))
+        return grad * valid.unsqueeze(-1)
+
+    def sqrt_output_fisher(self, output: Tensor, target: Tensor | None) -> Tensor:
+        """Columns √p_c (p − e_c) per position: Σ_c = diag(p) − ppᵀ, the softmax Fisher.
+
+        Returns:
+            ``(C, B, C)`` for ``(B, C)`` outputs; ``(P·C, B, T..., C)`` for P = T·… positions,
+            each column nonzero at one position only.
+        """
+        probs = output.detach().softmax(-1)
+        num_classes = output.shape[-1]
+        eye = torch.eye(num_classes, dtype=probs.dtype, device=probs.device)
+        # column c at every position: √p_c (p − e_c), shape (C, B, T..., C)
+        columns = probs.sqrt().movedim(-1, 0).unsqueeze(-1) * (probs.unsqueeze(0) - _broadcast_eye(eye, probs))
+        mask = self.mask(output, target)
+        if mask is not None:
+            columns = columns * mask
+        if output.dim() == 2:
+            return columns
+        return split_positions(columns)
+
+
+def _broadcast_eye(eye: Tensor, probs: Tensor) -> Tensor:
+    """Identity rows e_c shaped ``(C, 1, ..., 1, C)`` to broadcast against ``(C, B, T..., C)``."""
+    return eye.reshape(eye.shape[0], *([1] * (probs.dim() - 1)), eye.shape[1])

@@ -1,0 +1,14 @@
+"""Shape-only (fake) implementations of the ``fisherkit::`` ops, for ``torch.compile`` and opcheck."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def register_fakes() -> None:
+    """Registers a fake implementation for every op in the loaded extension (once per process)."""
+
+    @torch.library.register_fake("fisherkit::sqgrad_accumulate_")
+    def _sqgrad_accumulate_fake(out: Tensor, grad_output: Tensor, inputs: Tensor, scale: float) -> None:
+        return None

@@ -1,0 +1,139 @@
+"""Which rule serves each parameterized module of a model, and which parameters are estimated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from fisherkit.rules import LayerRule, TorchFuncRule, find_rule
+
+
+class UnsupportedModelError(ValueError):
+    """The layerwise engine cannot serve this model as configured."""
+
+
+@dataclass
+class PlanEntry:
+    """One module owning trainable parameters directly.
+
+    Attributes:
+        path: Module name in ``model.named_modules()`` (``""`` for the root).
+        module: The module.
+        rule: Its rule, or ``None`` when no rule is registered and the fallback is off.
+        local_names: Direct parameter names to estimate (``"weight"``, ``"bias"``).
+    """
+
+    path: str
+    module: nn.Module
+    rule: LayerRule | None
+    local_names: list[str]
+
+    def full_name(self, local: str) -> str:
+        return f"{self.path}.{local}" if self.path else local
+
+    @property
+    def rule_name(self) -> str:
+        return type(self.rule).__name__ if self.rule is not None else "none (unsupported)"
+
+
+@dataclass
+class Plan:
+    """The model's parameterized modules, their rules, frozen and tied parameters.
+
+    Attributes:
+        entries: One per module with trainable direct parameters, in ``named_modules`` order.
+        names: Every trainable parameter name, in ``named_parameters`` order.
+        frozen: Parameters with ``requires_grad=False`` (left out of the Fisher).
+        tied: Names of parameters owned by more than one module (tied weights).
+    """
+
+    entries: list[PlanEntry]
+    names: list[str]
+    frozen: list[str]
+    tied: list[str] = field(default_factory=list)
+
+    @property
+    def unsupported(self) -> list[PlanEntry]:
+        return [e for e in self.entries if e.rule is None]
+
+    def require_layerwise(self) -> None:
+        """Raises ``UnsupportedModelError`` unless every trainable parameter has a usable rule."""
+        if self.unsupported:
+            described = ", ".join(f"{e.path or '<root>'} ({type(e.module).__name__})" for e in self.unsupported)
+            raise UnsupportedModelError(
+                f"no layer rule for module(s) with trainable parameters: {described}. Register one "
+                f"with @fisherkit.register_rule, pass fallback=True to use per-layer torch.func "
+                f"gradients for them, or use engine='vmap'."
+            )
+        if self.tied:
+            raise UnsupportedModelError(
+                f"parameters {self.tied} are shared by several modules (tied weights); the layerwise "
+                f"engine computes per-module gradients and cannot add them up before squaring. "
+                f"Use engine='vmap' (or engine='auto', which picks it)."
+            )
+
+
+def build_plan(model: nn.Module, fallback: bool = False) -> Plan:
+    """Finds a rule for every module that owns trainable parameters.
+
+    Args:
+        model: The model.
+        fallback: Serve modules without a registered rule by ``TorchFuncRule``.
+
+    Raises:
+        ValueError: A module's own ``check`` refuses its configuration, or a module couples
+            samples (train-mode BatchNorm).
+    """
+    coupling = [
+        path or "<root>"
+        for path, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or module.running_mean is None)
+    ]
+    if coupling:
+        raise ValueError(
+            f"BatchNorm module(s) {coupling} use batch statistics (train mode or no running stats), "
+            f"which couples samples: per-sample gradients and the Fisher are undefined. Call "
+            f"model.eval() before estimating the Fisher."
+        )
+    owners: dict[int, list[str]] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        for n, p in module.named_parameters(recurse=False):
+            owners.setdefault(id(p), []).append(f"{path}.{n}" if path else n)
+    tied = sorted(n for paths in owners.values() if len(paths) > 1 for n in paths)
+    entries = []
+    for path, module in model.named_modules():
+        local = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if not local:
+            continue
+        rule = find_rule(module)
+        if rule is None and fallback:
+            rule = TorchFuncRule()
+        if rule is not None:
+            rule.check(module)
+        entries.append(PlanEntry(path, module, rule, local))
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    return Plan(entries, names, frozen, tied)
+
+
+def explain(model: nn.Module, fallback: bool = False) -> str:
+    """A table of the rule each parameterized module gets, and what is left out.
+
+    Args:
+        model: The model.
+        fallback: As in ``build_plan``.
+
+    Returns:
+        The table as a string (also convenient to ``print``).
+    """
+    plan = build_plan(model, fallback=fallback)
+    rows = [("module", "type", "rule", "parameters")]
+    rows += [(e.path or "<root>", type(e.module).__name__, e.rule_name, ", ".join(e.local_names)) for e in plan.entries]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    if plan.frozen:
+        lines.append(f"left out (requires_grad=False): {', '.join(plan.frozen)}")
+    if plan.tied:
+        lines.append(f"tied (shared by several modules; layerwise engine refuses): {', '.join(plan.tied)}")
+    return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""What a layer rule computes from one captured call of a layer.
+
+Index conventions: k columns (MC draws or square-root columns of the output Fisher), n batch,
+t shared positions (sequence steps, conv output locations), i input features, o output features.
+Every captured tensor keeps the batch axis n first; backpropagated output gradients carry the
+column axis k in front: ``(K, B, ...)``. The per-sample gradient of column k for sample n is
+∇_θ (s_{k,n} · f_n); the diagonal Fisher accumulates Σ_{k,n} of its square.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class LayerCall:
+    """One captured call of a module: its positional and keyword inputs and its output.
+
+    Attributes:
+        args: Positional inputs, detached, batch axis first.
+        kwargs: Keyword inputs, detached.
+        output: The output tensor still attached to the graph (gradients are taken w.r.t. it).
+        version: ``output._version`` when captured, to detect later in-place modification.
+    """
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    output: Tensor | None = None
+    version: int = 0
+
+    @property
+    def input(self) -> Tensor:
+        """The first positional input (the layer input for every built-in rule)."""
+        return self.args[0]
+
+
+class LayerRule:
+    """Per-layer math for the parameters a module owns directly.
+
+    Subclasses must implement ``per_sample_grads``; ``sqgrad_sum`` is an optional fast path that
+    should never materialize per-sample gradients.
+    """
+
+    def check(self, module: nn.Module) -> None:
+        """Raises ``ValueError`` when this module's configuration is outside what the rule supports."""
+
+    def per_sample_grads(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
+    ) -> dict[str, Tensor]:
+        """Per-sample gradients of the listed direct parameters.
+
+        Args:
+            module: The layer.
+            call: Its captured call.
+            grad_output: ``(K, B, *output.shape[1:])`` gradients w.r.t. the layer output.
+            names: Direct parameter names (e.g. ``"weight"``) to compute.
+
+        Returns:
+            ``{name: (K, B, *param.shape)}``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not provide per-sample gradients")
+
+    def sqgrad_sum(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
+    ) -> dict[str, Tensor]:
+        """Σ_{k,n} (per-sample gradient)², by default from ``per_sample_grads``.
+
+        Returns:
+            ``{name: param.shape}`` tensors in the accumulation dtype of ``grad_output``.
+        """
+        grads = self.per_sample_grads(module, call, grad_output, names)
+        return {name: g.square().sum((0, 1)) for name, g in grads.items()}
+
+
+def requested(names: Collection[str], module: nn.Module, name: str) -> bool:
+    """True when ``name`` is requested and the module really has that parameter (bias may be None)."""
+    return name in names and getattr(module, name, None) is not None
+
+
+def flatten_positions(tensor: Tensor, leading: int, trailing: int) -> Tensor:
+    """Merges the axes between the first ``leading`` and the last ``trailing`` into one axis t.
+
+    ``(K, B, T1, T2, O)`` with leading=2, trailing=1 → ``(K, B, T1·T2, O)``; no positions → t = 1.
+    """
+    shape = tensor.shape
+    tail = shape[tensor.dim() - trailing :] if trailing else torch.Size()
+    return tensor.reshape(*shape[:leading], -1, *tail)

@@ -1,0 +1,95 @@
+"""``nn.Conv1d/2d/3d`` (stride, padding of every mode, dilation, groups) via unfolded patches."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional
+
+from fisherkit.ops import sqgrad_accumulate
+from fisherkit.rules.base import LayerCall, LayerRule, requested
+from fisherkit.rules.linear import accumulation_dtype
+from fisherkit.rules.registry import register_rule
+
+UNFOLD_BYTES = 64 * 2**20
+
+
+def unfold_patches(module: nn.modules.conv._ConvNd, x: Tensor) -> Tensor:
+    """im2col for any spatial rank: ``(B, C, *S) → (B, groups, C/groups · Π k, L)``.
+
+    The patch axis is ordered (channel, kernel offsets) like the flattened weight
+    ``(O, C/groups, *k)``; L is the number of output locations (the shared positions t).
+    """
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    x = functional.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+    spatial = len(module.kernel_size)
+    for axis, (size, step, dilation) in enumerate(zip(module.kernel_size, module.stride, module.dilation)):
+        window = dilation * (size - 1) + 1
+        x = x.unfold(2 + axis, window, step)[..., ::dilation]
+    # x: (B, C, L1..Ls, k1..ks) → (B, C, k1..ks, L1..Ls)
+    order = [0, 1, *range(2 + spatial, 2 + 2 * spatial), *range(2, 2 + spatial)]
+    x = x.permute(order)
+    batch, channels = x.shape[:2]
+    return x.reshape(batch, module.groups, (channels // module.groups) * math.prod(module.kernel_size), -1)
+
+
+def sample_chunks(batch: int, bytes_per_sample: int, budget: int = UNFOLD_BYTES) -> Iterator[slice]:
+    """Slices of the batch whose unfolded patches stay within ``budget`` bytes."""
+    chunk = max(1, budget // max(1, bytes_per_sample))
+    for start in range(0, batch, chunk):
+        yield slice(start, start + chunk)
+
+
+@register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+class ConvRule(LayerRule):
+    """Per-sample ∇W_group = Σ_t g_{n,t} u_{n,t}ᵀ over output locations t of unfolded patches u.
+
+    Patches are unfolded a few samples at a time (``UNFOLD_BYTES``), so memory stays bounded.
+    """
+
+    def check(self, module: nn.Module) -> None:
+        if not isinstance(module.padding, (str, tuple)):
+            raise ValueError(f"{type(module).__name__}: unsupported padding {module.padding!r}")
+
+    def _chunks(self, module: nn.Module, call: LayerCall, grad_output: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yields ``(g (K, b, groups, L, O/groups), u (b, groups, L, C/groups·Πk))`` per sample chunk."""
+        x = call.input
+        columns, batch = grad_output.shape[:2]
+        per_sample = x[0].numel() * math.prod(module.kernel_size) * x.element_size()
+        for part in sample_chunks(batch, per_sample):
+            u = unfold_patches(module, x[part]).transpose(-1, -2)
+            g = grad_output[:, part].reshape(columns, u.shape[0], module.groups, -1, u.shape[2])
+            yield g.transpose(-1, -2), u
+
+    def per_sample_grads(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
+    ) -> dict[str, Tensor]:
+        grads = {}
+        columns, batch = grad_output.shape[:2]
+        if requested(names, module, "weight"):
+            parts = [torch.einsum("kngto,ngti->kngoi", g, u.to(g.dtype)) for g, u in self._chunks(module, call, grad_output)]
+            grads["weight"] = torch.cat(parts, 1).reshape(columns, batch, *module.weight.shape)
+        if requested(names, module, "bias"):
+            grads["bias"] = grad_output.reshape(columns, batch, module.out_channels, -1).sum(-1)
+        return grads
+
+    def sqgrad_sum(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
+    ) -> dict[str, Tensor]:
+        result = {}
+        dtype = accumulation_dtype(grad_output)
+        columns, batch = grad_output.shape[:2]
+        if requested(names, module, "weight"):
+            weight = module.weight
+            accumulator = grad_output.new_zeros((module.groups, weight.shape[0] // module.groups, weight[0].numel()), dtype=dtype)
+            for g, u in self._chunks(module, call, grad_output):
+                for group in range(module.groups):
+                    sqgrad_accumulate(accumulator[group], g[:, :, group], u[:, group])
+            result["weight"] = accumulator.reshape(weight.shape)
+        if requested(names, module, "bias"):
+            bias_grads = grad_output.reshape(columns, batch, module.out_channels, -1).sum(-1)
+            result["bias"] = bias_grads.to(dtype).square().sum((0, 1))
+        return result

@@ -1,0 +1,50 @@
+"""``nn.Linear`` with any leading dimensions (shared positions t between n and i)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import torch
+from torch import Tensor, nn
+
+from fisherkit.ops import sqgrad_accumulate
+from fisherkit.rules.base import LayerCall, LayerRule, flatten_positions, requested
+from fisherkit.rules.registry import register_rule
+
+
+@register_rule(nn.Linear)
+class LinearRule(LayerRule):
+    """y_{n,t} = W a_{n,t} + b; per-sample ∇W = Σ_t g_{n,t} a_{n,t}ᵀ, ∇b = Σ_t g_{n,t}.
+
+    Inputs ``(B, *, I)`` have their middle axes flattened into positions t (weight sharing).
+    """
+
+    def per_sample_grads(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
+    ) -> dict[str, Tensor]:
+        a = flatten_positions(call.input, 1, 1)
+        g = flatten_positions(grad_output, 2, 1)
+        grads = {}
+        if requested(names, module, "weight"):
+            grads["weight"] = torch.einsum("knto,nti->knoi", g, a.to(g.dtype))
+        if requested(names, module, "bias"):
+            grads["bias"] = g.sum(2)
+        return grads
+
+    def sqgrad_sum(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
+    ) -> dict[str, Tensor]:
+        a = flatten_positions(call.input, 1, 1)
+        g = flatten_positions(grad_output, 2, 1)
+        result = {}
+        if requested(names, module, "weight"):
+            accumulator = g.new_zeros(module.weight.shape, dtype=accumulation_dtype(g))
+            result["weight"] = sqgrad_accumulate(accumulator, g, a)
+        if requested(names, module, "bias"):
+            result["bias"] = g.sum(2).to(accumulation_dtype(g)).square().sum((0, 1))
+        return result
+
+
+def accumulation_dtype(tensor: Tensor) -> torch.dtype:
+    """float64 for float64 inputs, float32 otherwise (never accumulate squares in half precision)."""
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32

@@ -1,0 +1,43 @@
+"""The rule registry: a decorator keyed by module type, looked up along the class MRO."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from fisherkit.rules.base import LayerRule
+
+_RULES: dict[type[nn.Module], LayerRule] = {}
+
+
+def register_rule(*module_types: type[nn.Module]) -> Callable[[type[LayerRule]], type[LayerRule]]:
+    """Class decorator registering a ``LayerRule`` for module types (and their subclasses).
+
+    A later registration for the same type replaces the earlier one, so users can override the
+    built-in rules::
+
+        @fisherkit.register_rule(MyLayer)
+        class MyLayerRule(fisherkit.LayerRule):
+            def per_sample_grads(self, module, call, grad_output, names): ...
+    """
+    if not module_types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in module_types):
+        raise TypeError(f"register_rule takes nn.Module subclasses; got {module_types!r}")
+
+    def decorate(rule_class: type[LayerRule]) -> type[LayerRule]:
+        if not (isinstance(rule_class, type) and issubclass(rule_class, LayerRule)):
+            raise TypeError(f"@register_rule decorates LayerRule subclasses; got {rule_class!r}")
+        for module_type in module_types:
+            _RULES[module_type] = rule_class()
+        return rule_class
+
+    return decorate
+
+
+def find_rule(module: nn.Module) -> LayerRule | None:
+    """The rule registered for the nearest class in ``type(module).__mro__``, or ``None``."""
+    for cls in type(module).__mro__:
+        rule = _RULES.get(cls)
+        if rule is not None:
+            return rule
+    return None
