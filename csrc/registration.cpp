@@ -9,7 +9,9 @@
 
 TORCH_LIBRARY(fisherkit, m) {
   // out += scale * sum_{k,n} (sum_t g[k,n,t,:] a[n,t,:]^T)^2 ; out (O, I), g (K, N, T, O), a (N, T, I)
-  m.def("sqgrad_accumulate_(Tensor(a!) out, Tensor grad_output, Tensor inputs, float scale) -> ()");
+  // bias_out (O), when given, += scale * sum_{k,n} (sum_t g[k,n,t,:])^2 in the same pass.
+  m.def(
+      "sqgrad_accumulate_(Tensor(a!) out, Tensor(b!)? bias_out, Tensor grad_output, Tensor inputs, float scale) -> ()");
 }
 
 static struct PyModuleDef fisherkit_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};

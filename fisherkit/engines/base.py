@@ -23,12 +23,13 @@ def call_model(model: nn.Module, inputs: ModelInputs) -> Tensor:
 
 
 class Engine(ABC):
-    """Computes Σ_{k,n} (∇_θ s_{k,n}·f_n)² for one batch, per trainable parameter.
+    """Adds Σ_{k,n} (∇_θ s_{k,n}·f_n)² of one batch into per-parameter accumulators.
 
     The columns s (``(K, B, *output.shape[1:])``) come from ``columns_fn(output)``, so the Fisher
     type lives with the estimator and the engine only differentiates.
     """
 
     @abstractmethod
-    def sqgrad_batch(self, inputs: ModelInputs, columns_fn: ColumnsFn) -> tuple[dict[str, Tensor], int]:
-        """Returns ``({parameter name: Σ_{k,n} g²}, batch size)`` for one batch."""
+    def accumulate_sqgrad(self, inputs: ModelInputs, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:
+        """Adds the batch's squared per-sample gradients into ``sums`` (keyed by parameter name,
+        float32 or float64, parameter-shaped) and returns the batch size."""

@@ -39,24 +39,22 @@ class LayerwiseEngine(Engine):
                     output = call_model(self.model, inputs)
         return capture, output
 
-    def sqgrad_batch(self, inputs: ModelInputs, columns_fn: ColumnsFn) -> tuple[dict[str, Tensor], int]:
+    def accumulate_sqgrad(self, inputs: ModelInputs, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:
         capture, output = self._forward(inputs)
         columns = columns_fn(output)
         entries = [e for e in self.plan.entries if capture.calls[e.module]]
         calls = [call for e in entries for call in capture.calls[e.module]]
         bytes_per_column = sum(c.output.numel() * c.output.element_size() for c in calls)
         chunk = max(1, self.memory_budget // max(1, bytes_per_column))
-        sums: dict[str, Tensor] = {}
         pieces = columns.split(chunk)
         for index, piece in enumerate(pieces):
             grads = self._output_grads(output, calls, piece, retain=index + 1 < len(pieces))
             by_call = dict(zip(map(id, calls), grads))
             for entry in entries:
-                entry_grads = [by_call[id(call)] for call in capture.calls[entry.module]]
-                for name, value in _entry_sqgrad(entry, capture.calls[entry.module], entry_grads).items():
-                    full = entry.full_name(name)
-                    sums[full] = sums[full] + value if full in sums else value
-        return sums, output.shape[0]
+                out = {name: sums[entry.full_name(name)] for name in entry.local_names}
+                entry_calls = capture.calls[entry.module]
+                _accumulate_entry(entry, entry_calls, [by_call[id(call)] for call in entry_calls], out)
+        return output.shape[0]
 
     @staticmethod
     def _output_grads(output: Tensor, calls: list[LayerCall], columns: Tensor, retain: bool) -> list[Tensor]:
@@ -78,13 +76,15 @@ class LayerwiseEngine(Engine):
         return shaped
 
 
-def _entry_sqgrad(entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> dict[str, Tensor]:
-    """Squared per-sample gradient sums of one module; a module called several times in one
-    forward gets its per-call gradients added before squaring (the square is nonlinear)."""
+def _accumulate_entry(entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor], out: dict[str, Tensor]) -> None:
+    """Adds one module's squared per-sample gradient sums into ``out``; a module called several
+    times in one forward gets its per-call gradients added before squaring (the square is nonlinear)."""
     if len(calls) == 1:
-        return entry.rule.sqgrad_sum(entry.module, calls[0], grads[0], entry.local_names)
+        entry.rule.accumulate_sqgrad(entry.module, calls[0], grads[0], out)
+        return
     total: dict[str, Tensor] = {}
     for call, grad in zip(calls, grads):
-        for name, value in entry.rule.per_sample_grads(entry.module, call, grad, entry.local_names).items():
+        for name, value in entry.rule.per_sample_grads(entry.module, call, grad, out.keys()).items():
             total[name] = total[name] + value if name in total else value
-    return {name: value.square().sum((0, 1)) for name, value in total.items()}
+    for name, value in total.items():
+        out[name].add_(value.square().sum((0, 1)))

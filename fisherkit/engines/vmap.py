@@ -27,7 +27,7 @@ class VmapEngine(Engine):
         self.names = names
         self.memory_budget = memory_budget
 
-    def sqgrad_batch(self, inputs: ModelInputs, columns_fn: ColumnsFn) -> tuple[dict[str, Tensor], int]:
+    def accumulate_sqgrad(self, inputs: ModelInputs, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:
         named = dict(self.model.named_parameters())
         params = {name: named[name].detach() for name in self.names}
         with torch.no_grad():
@@ -49,11 +49,9 @@ class VmapEngine(Engine):
         bytes_per_sample = 3 * columns.shape[0] * sum(p.numel() * p.element_size() for p in params.values())
         chunk = max(1, self.memory_budget // max(1, bytes_per_sample))
         per_sample = vmap(one_sample, in_dims=(0, 1))
-        sums: dict[str, Tensor] = {}
         for start in range(0, batch, chunk):
             part = slice(start, start + chunk)
             sample_inputs = inputs[part] if is_tensor else [x[part] for x in inputs]
             for name, value in per_sample(sample_inputs, columns[:, part]).items():
-                value = value.sum(0)
-                sums[name] = sums[name] + value if name in sums else value
-        return sums, batch
+                sums[name].add_(value.sum(0))
+        return batch

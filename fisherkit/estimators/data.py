@@ -39,7 +39,9 @@ def iter_batches(data: Any, batch_size: int = 256) -> Iterator[Batch]:
             yield part[0], part[1] if len(part) == 2 else None
         return
     if not isinstance(data, Iterable):
-        raise TypeError(f"data must be a tensor, a tuple (inputs, targets), or an iterable of batches; got {type(data)}")
+        raise TypeError(
+            f"data must be a tensor, a tuple (inputs, targets), or an iterable of batches; got {type(data)}"
+        )
     for batch in data:
         yield _split_batch(batch)
 

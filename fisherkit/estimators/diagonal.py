@@ -78,20 +78,19 @@ def diagonal_fisher(
     engine_impl = choose_engine(engine, model, plan, memory_budget)
     generator = make_generator(device, seed, generator)
     sums = {
-        name: torch.zeros_like(named[name], dtype=torch.float64 if named[name].dtype == torch.float64 else torch.float32)
+        name: torch.zeros_like(
+            named[name], dtype=torch.float64 if named[name].dtype == torch.float64 else torch.float32
+        )
         for name in plan.names
     }
     count = 0
     for inputs, targets in batches_with_progress(data, batch_size, device, progress, "diagonal Fisher"):
         columns_fn = make_columns_fn(likelihood, fisher_type, targets, mc_samples, generator)
-        batch_sums, batch_count = engine_impl.sqgrad_batch(inputs, columns_fn)
-        for name, value in batch_sums.items():
-            sums[name] += value
-        count += batch_count
+        count += engine_impl.accumulate_sqgrad(inputs, columns_fn, sums)
     totals, count = all_reduce_sums(list(sums.values()), count)
     if count == 0:
         raise ValueError("the data held no samples; the Fisher is a mean over samples and needs at least one.")
-    diagonals = [total / count for total in totals]
+    diagonals = [total.div_(count) for total in totals]
     for name, diagonal in zip(plan.names, diagonals):
         if not bool(torch.isfinite(diagonal).all()):
             raise ValueError(

@@ -18,7 +18,9 @@ def all_reduce_sums(sums: list[Tensor], count: int) -> tuple[list[Tensor], int]:
     """
     if not is_distributed():
         return sums, count
-    flat = torch.cat([s.reshape(-1).to(torch.float64) for s in sums] + [torch.tensor([float(count)], device=sums[0].device)])
+    flat = torch.cat(
+        [s.reshape(-1).to(torch.float64) for s in sums] + [torch.tensor([float(count)], device=sums[0].device)]
+    )
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     pieces = flat[:-1].split([s.numel() for s in sums])
     return [p.reshape(s.shape).to(s.dtype) for p, s in zip(pieces, sums)], int(flat[-1].item())

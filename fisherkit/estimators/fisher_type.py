@@ -49,7 +49,7 @@ def make_columns_fn(
         )
 
     def columns_fn(output: Tensor) -> Tensor:
-        likelihood.check(output, target)
+        likelihood.check(output, target, check_values=fisher_type == "empirical")
         if not bool(torch.isfinite(output).all()):
             raise ValueError("the model produced NaN or Inf outputs for a batch; the Fisher is undefined there.")
         if fisher_type == "exact":

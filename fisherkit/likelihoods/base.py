@@ -23,8 +23,15 @@ class Likelihood(ABC):
     name: str = ""
 
     @abstractmethod
-    def check(self, output: Tensor, target: Tensor | None) -> None:
-        """Raises ``ValueError`` when ``output`` (and ``target``, when given) do not fit."""
+    def check(self, output: Tensor, target: Tensor | None, check_values: bool = True) -> None:
+        """Raises ``ValueError`` when ``output`` (and ``target``, when given) do not fit.
+
+        Args:
+            output: Model outputs.
+            target: Targets or ``None``; their shape and dtype are always checked.
+            check_values: Also check every target value (labels in range); skipped when the
+                targets only mark ignored positions (``mc`` and ``exact`` Fisher types).
+        """
 
     @abstractmethod
     def sample(self, output: Tensor, generator: torch.Generator | None) -> Tensor:

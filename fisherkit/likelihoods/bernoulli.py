@@ -17,7 +17,7 @@ class Bernoulli(Likelihood):
 
     name = "bernoulli"
 
-    def check(self, output: Tensor, target: Tensor | None) -> None:
+    def check(self, output: Tensor, target: Tensor | None, check_values: bool = True) -> None:
         if output.dim() < 1 or not output.dtype.is_floating_point:
             raise ValueError(
                 f"bernoulli likelihood needs floating-point logits of shape (B, *); got "
@@ -26,7 +26,7 @@ class Bernoulli(Likelihood):
         if target is None:
             return
         check_batch_dims(output, target, tuple(output.shape), "bernoulli likelihood")
-        if target.numel() and not bool(((target == 0) | (target == 1)).all()):
+        if check_values and target.numel() and not bool(((target == 0) | (target == 1)).all()):
             raise ValueError(
                 "bernoulli likelihood needs targets in {0, 1}; found other values "
                 f"(min {float(target.min())}, max {float(target.max())})."

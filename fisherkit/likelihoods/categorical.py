@@ -23,7 +23,7 @@ class Categorical(Likelihood):
     def __init__(self, ignore_index: int = -100) -> None:
         self.ignore_index = ignore_index
 
-    def check(self, output: Tensor, target: Tensor | None) -> None:
+    def check(self, output: Tensor, target: Tensor | None, check_values: bool = True) -> None:
         if output.dim() < 2 or output.shape[-1] < 2:
             raise ValueError(
                 f"categorical likelihood needs logits of shape (B, C) or (B, T, C) with C >= 2 "
@@ -34,9 +34,9 @@ class Categorical(Likelihood):
             return
         check_batch_dims(output, target, tuple(output.shape[:-1]), "categorical likelihood")
         if target.dtype.is_floating_point or target.dtype == torch.bool:
-            raise ValueError(
-                f"categorical likelihood needs integer class labels; got targets of dtype {target.dtype}."
-            )
+            raise ValueError(f"categorical likelihood needs integer class labels; got targets of dtype {target.dtype}.")
+        if not check_values:
+            return
         valid = target[target != self.ignore_index]
         num_classes = output.shape[-1]
         if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_classes):

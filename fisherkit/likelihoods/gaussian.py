@@ -27,7 +27,7 @@ class Gaussian(Likelihood):
             raise ValueError(f"gaussian likelihood needs a positive variance; got {variance}.")
         self.variance = float(variance)
 
-    def check(self, output: Tensor, target: Tensor | None) -> None:
+    def check(self, output: Tensor, target: Tensor | None, check_values: bool = True) -> None:
         if output.dim() < 1 or not output.dtype.is_floating_point:
             raise ValueError(
                 f"gaussian likelihood needs floating-point outputs of shape (B, *); got "

@@ -35,8 +35,7 @@ def extension_status() -> ExtensionStatus:
     except ImportError as error:
         return ExtensionStatus(
             False,
-            f"not importable ({error}); build it with `pip install --no-build-isolation -e .` "
-            f"beside the torch you run",
+            f"not importable ({error}); build it with `pip install --no-build-isolation -e .` beside the torch you run",
         )
     built_for = getattr(module, "torch_version", None)
     running = torch.__version__.split("+")[0]

@@ -10,5 +10,7 @@ def register_fakes() -> None:
     """Registers a fake implementation for every op in the loaded extension (once per process)."""
 
     @torch.library.register_fake("fisherkit::sqgrad_accumulate_")
-    def _sqgrad_accumulate_fake(out: Tensor, grad_output: Tensor, inputs: Tensor, scale: float) -> None:
+    def _sqgrad_accumulate_fake(
+        out: Tensor, bias_out: Tensor | None, grad_output: Tensor, inputs: Tensor, scale: float
+    ) -> None:
         return None

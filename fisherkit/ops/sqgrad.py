@@ -1,9 +1,11 @@
 """``sqgrad_accumulate``: the squared per-sample gradient sum of a Linear-type layer.
 
 For per-sample gradients P_{k,n} = Σ_t g_{k,n,t} a_{n,t}ᵀ (k columns, n samples, t shared
-positions), ``out += scale · Σ_{k,n} P_{k,n} ⊙ P_{k,n}``. Without sharing (T = 1) this is one GEMM,
-(Σ_k G_k ⊙ G_k)ᵀ (A ⊙ A); with sharing each P_{k,n} is formed a few samples at a time, squared
-and added, so a ``[N, O, I]`` tensor never exists. Work is split over samples, never positions.
+positions), ``out += scale · Σ_{k,n} P_{k,n} ⊙ P_{k,n}`` and, for the bias, whose per-sample
+gradient is Σ_t g_{k,n,t}, ``bias_out += scale · Σ_{k,n} (Σ_t g_{k,n,t})²``. Without sharing
+(T = 1) the weight part is one GEMM, (Σ_k G_k ⊙ G_k)ᵀ (A ⊙ A), and the bias reuses Σ_k G_k ⊙ G_k;
+with sharing each P_{k,n} is formed a few samples at a time, squared and added, so a
+``[N, O, I]`` tensor never exists. Work is split over samples, never positions.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ SCRATCH_BYTES = 32 * 2**20
 
 
 def sqgrad_accumulate(
-    out: Tensor, grad_output: Tensor, inputs: Tensor, scale: float = 1.0, backend: str | None = None
+    out: Tensor,
+    grad_output: Tensor,
+    inputs: Tensor,
+    scale: float = 1.0,
+    bias_out: Tensor | None = None,
+    backend: str | None = None,
 ) -> Tensor:
     """Adds ``scale · Σ_{k,n} (Σ_t g_{k,n,t} a_{n,t}ᵀ)²`` into ``out`` in place.
 
@@ -25,22 +32,23 @@ def sqgrad_accumulate(
         out: ``(O, I)`` float32 or float64 accumulator.
         grad_output: ``(K, N, T, O)`` output gradients g.
         inputs: ``(N, T, I)`` layer inputs a.
-        scale: Multiplier of the sum.
+        scale: Multiplier of the sums.
+        bias_out: Optional ``(O,)`` accumulator (dtype of ``out``) for the bias term.
         backend: ``"reference"``, ``"cpp"`` or ``None`` (see ``fisherkit.ops.dispatch``).
 
     Returns:
         ``out``. Products are formed in ``out.dtype`` (never squared in half precision).
     """
-    _check(out, grad_output, inputs)
+    _check(out, grad_output, inputs, bias_out)
     chosen = choose_backend(backend, out, grad_output, inputs)
     if chosen == "cpp":
-        torch.ops.fisherkit.sqgrad_accumulate_(out, grad_output, inputs, float(scale))
+        torch.ops.fisherkit.sqgrad_accumulate_(out, bias_out, grad_output, inputs, float(scale))
     else:
-        sqgrad_accumulate_reference(out, grad_output, inputs, scale)
+        sqgrad_accumulate_reference(out, grad_output, inputs, scale, bias_out)
     return out
 
 
-def _check(out: Tensor, grad_output: Tensor, inputs: Tensor) -> None:
+def _check(out: Tensor, grad_output: Tensor, inputs: Tensor, bias_out: Tensor | None) -> None:
     if out.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"sqgrad_accumulate accumulates in float32 or float64; got out of dtype {out.dtype}")
     if grad_output.dim() != 4 or inputs.dim() != 3:
@@ -54,16 +62,27 @@ def _check(out: Tensor, grad_output: Tensor, inputs: Tensor) -> None:
             f"sqgrad_accumulate shapes disagree: out {tuple(out.shape)}, grad_output "
             f"{tuple(grad_output.shape)}, inputs {tuple(inputs.shape)}"
         )
+    if bias_out is not None and (tuple(bias_out.shape) != (o,) or bias_out.dtype != out.dtype):
+        raise ValueError(
+            f"sqgrad_accumulate: bias_out must have shape ({o},) and dtype {out.dtype}; got "
+            f"{tuple(bias_out.shape)} of {bias_out.dtype}"
+        )
 
 
-def sqgrad_accumulate_reference(out: Tensor, grad_output: Tensor, inputs: Tensor, scale: float = 1.0) -> Tensor:
+def sqgrad_accumulate_reference(
+    out: Tensor, grad_output: Tensor, inputs: Tensor, scale: float = 1.0, bias_out: Tensor | None = None
+) -> Tensor:
     """The pure-torch implementation of ``sqgrad_accumulate`` (same contract)."""
     dtype = out.dtype
     columns, samples, positions, out_features = grad_output.shape
     if positions == 1:
-        g_squared = grad_output[:, :, 0].to(dtype).square().sum(0)
-        a_squared = inputs[:, 0].to(dtype).square()
-        return out.addmm_(g_squared.T, a_squared, alpha=scale)
+        g = grad_output[:, :, 0].to(dtype)
+        g_squared = (g * g).sum(0)
+        a = inputs[:, 0].to(dtype)
+        out.addmm_(g_squared.T, a * a, alpha=scale)
+        if bias_out is not None:
+            bias_out.add_(g_squared.sum(0), alpha=scale)
+        return out
     bytes_per_sample = columns * out_features * inputs.shape[2] * out.element_size()
     chunk = max(1, SCRATCH_BYTES // max(1, bytes_per_sample))
     for start in range(0, samples, chunk):
@@ -71,4 +90,6 @@ def sqgrad_accumulate_reference(out: Tensor, grad_output: Tensor, inputs: Tensor
         a = inputs[start : start + chunk].to(dtype)
         per_sample = torch.matmul(g.transpose(-1, -2), a.unsqueeze(0))
         out.add_(per_sample.square().sum((0, 1)), alpha=scale)
+        if bias_out is not None:
+            bias_out.add_(g.sum(2).square().sum((0, 1)), alpha=scale)
     return out

@@ -42,8 +42,8 @@ class LayerCall:
 class LayerRule:
     """Per-layer math for the parameters a module owns directly.
 
-    Subclasses must implement ``per_sample_grads``; ``sqgrad_sum`` is an optional fast path that
-    should never materialize per-sample gradients.
+    Subclasses must implement ``per_sample_grads``; ``accumulate_sqgrad`` is an optional fast path
+    that should never materialize per-sample gradients.
     """
 
     def check(self, module: nn.Module) -> None:
@@ -65,16 +65,20 @@ class LayerRule:
         """
         raise NotImplementedError(f"{type(self).__name__} does not provide per-sample gradients")
 
-    def sqgrad_sum(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
-    ) -> dict[str, Tensor]:
-        """Σ_{k,n} (per-sample gradient)², by default from ``per_sample_grads``.
+    def accumulate_sqgrad(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor, out: dict[str, Tensor]
+    ) -> None:
+        """Adds Σ_{k,n} (per-sample gradient)² into ``out``; by default from ``per_sample_grads``.
 
-        Returns:
-            ``{name: param.shape}`` tensors in the accumulation dtype of ``grad_output``.
+        Args:
+            module: The layer.
+            call: Its captured call.
+            grad_output: ``(K, B, *output.shape[1:])`` gradients w.r.t. the layer output.
+            out: ``{direct parameter name: accumulator}`` for the requested parameters, each of the
+                parameter's shape in float32 or float64.
         """
-        grads = self.per_sample_grads(module, call, grad_output, names)
-        return {name: g.square().sum((0, 1)) for name, g in grads.items()}
+        for name, g in self.per_sample_grads(module, call, grad_output, out.keys()).items():
+            out[name].add_(g.square().sum((0, 1)))
 
 
 def requested(names: Collection[str], module: nn.Module, name: str) -> bool:

@@ -11,7 +11,6 @@ from torch.nn import functional
 
 from fisherkit.ops import sqgrad_accumulate
 from fisherkit.rules.base import LayerCall, LayerRule, requested
-from fisherkit.rules.linear import accumulation_dtype
 from fisherkit.rules.registry import register_rule
 
 UNFOLD_BYTES = 64 * 2**20
@@ -70,26 +69,26 @@ class ConvRule(LayerRule):
         grads = {}
         columns, batch = grad_output.shape[:2]
         if requested(names, module, "weight"):
-            parts = [torch.einsum("kngto,ngti->kngoi", g, u.to(g.dtype)) for g, u in self._chunks(module, call, grad_output)]
+            parts = [
+                torch.einsum("kngto,ngti->kngoi", g, u.to(g.dtype)) for g, u in self._chunks(module, call, grad_output)
+            ]
             grads["weight"] = torch.cat(parts, 1).reshape(columns, batch, *module.weight.shape)
         if requested(names, module, "bias"):
             grads["bias"] = grad_output.reshape(columns, batch, module.out_channels, -1).sum(-1)
         return grads
 
-    def sqgrad_sum(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
-    ) -> dict[str, Tensor]:
-        result = {}
-        dtype = accumulation_dtype(grad_output)
-        columns, batch = grad_output.shape[:2]
-        if requested(names, module, "weight"):
-            weight = module.weight
-            accumulator = grad_output.new_zeros((module.groups, weight.shape[0] // module.groups, weight[0].numel()), dtype=dtype)
+    def accumulate_sqgrad(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor, out: dict[str, Tensor]
+    ) -> None:
+        if "weight" in out:
+            groups = module.groups
+            weight = out["weight"].view(groups, module.out_channels // groups, -1)
+            bias = out["bias"].view(groups, -1) if "bias" in out else None
             for g, u in self._chunks(module, call, grad_output):
-                for group in range(module.groups):
-                    sqgrad_accumulate(accumulator[group], g[:, :, group], u[:, group])
-            result["weight"] = accumulator.reshape(weight.shape)
-        if requested(names, module, "bias"):
+                for group in range(groups):
+                    bias_out = bias[group] if bias is not None else None
+                    sqgrad_accumulate(weight[group], g[:, :, group], u[:, group], bias_out=bias_out)
+        elif "bias" in out:
+            columns, batch = grad_output.shape[:2]
             bias_grads = grad_output.reshape(columns, batch, module.out_channels, -1).sum(-1)
-            result["bias"] = bias_grads.to(dtype).square().sum((0, 1))
-        return result
+            out["bias"].add_(bias_grads.to(out["bias"].dtype).square().sum((0, 1)))

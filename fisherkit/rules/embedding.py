@@ -8,7 +8,6 @@ import torch
 from torch import Tensor, nn
 
 from fisherkit.rules.base import LayerCall, LayerRule, requested
-from fisherkit.rules.linear import accumulation_dtype
 from fisherkit.rules.registry import register_rule
 
 
@@ -54,15 +53,13 @@ class EmbeddingRule(LayerRule):
         out.index_add_(0, keys, grads)
         return {"weight": out.reshape(columns, batch, *module.weight.shape)}
 
-    def sqgrad_sum(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
-    ) -> dict[str, Tensor]:
-        if not requested(names, module, "weight"):
-            return {}
+    def accumulate_sqgrad(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor, out: dict[str, Tensor]
+    ) -> None:
+        if "weight" not in out:
+            return
         keys, grads = self._keys_and_grads(module, call, grad_output)
         unique, slot = torch.unique(keys, return_inverse=True)
-        dtype = accumulation_dtype(grad_output)
+        dtype = out["weight"].dtype
         sums = grads.new_zeros(unique.numel(), module.embedding_dim, dtype=dtype).index_add_(0, slot, grads.to(dtype))
-        out = sums.new_zeros(module.weight.shape)
-        out.index_add_(0, unique % module.num_embeddings, sums.square())
-        return {"weight": out}
+        out["weight"].index_add_(0, unique % module.num_embeddings, sums.square())

@@ -31,20 +31,12 @@ class LinearRule(LayerRule):
             grads["bias"] = g.sum(2)
         return grads
 
-    def sqgrad_sum(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
-    ) -> dict[str, Tensor]:
+    def accumulate_sqgrad(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor, out: dict[str, Tensor]
+    ) -> None:
         a = flatten_positions(call.input, 1, 1)
         g = flatten_positions(grad_output, 2, 1)
-        result = {}
-        if requested(names, module, "weight"):
-            accumulator = g.new_zeros(module.weight.shape, dtype=accumulation_dtype(g))
-            result["weight"] = sqgrad_accumulate(accumulator, g, a)
-        if requested(names, module, "bias"):
-            result["bias"] = g.sum(2).to(accumulation_dtype(g)).square().sum((0, 1))
-        return result
-
-
-def accumulation_dtype(tensor: Tensor) -> torch.dtype:
-    """float64 for float64 inputs, float32 otherwise (never accumulate squares in half precision)."""
-    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+        if "weight" in out:
+            sqgrad_accumulate(out["weight"], g, a, bias_out=out.get("bias"))
+        elif "bias" in out:
+            out["bias"].add_(g.sum(2).to(out["bias"].dtype).square().sum((0, 1)))

@@ -1,0 +1,3 @@
+from fisherkit.cli import main
+
+main()

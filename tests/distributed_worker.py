@@ -1,0 +1,38 @@
+"""Run by test_distributed.py: two gloo ranks estimate on disjoint shards; rank 0 saves the result."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import fisherkit as fk
+
+
+def model_and_data():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x = torch.randn(11, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (11,))
+    return model, x, y
+
+
+def run(rank: int, world: int, port: str, path: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model, x, y = model_and_data()
+    shard = slice(0, 7) if rank == 0 else slice(7, 11)  # uneven shards: counts must be reduced too
+    results = {
+        t: fk.diagonal_fisher(model, (x[shard], y[shard]), fisher_type=t).state_dict() for t in ("exact", "empirical")
+    }
+    if rank == 0:
+        torch.save(results, path)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(run, args=(2, sys.argv[1], sys.argv[2]), nprocs=2, join=True)

@@ -1,0 +1,158 @@
+"""Independent references: a float64 per-sample loop over torch's own losses, and dense
+``torch.func`` matrices. Neither uses fisherkit's likelihood gradients, columns, rules or engines."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, hessian, jacrev
+from torch.nn import functional
+
+TOLERANCES = {
+    torch.float64: {"rtol": 1e-9, "atol": 1e-12},
+    torch.float32: {"rtol": 2e-4, "atol": 1e-6},
+}
+
+
+def log_likelihood(
+    name: str, output: Tensor, target: Tensor, variance: float = 1.0, ignore_index: int = -100
+) -> Tensor:
+    """log p(y | f) summed over one sample's outputs, via torch.nn.functional."""
+    if name == "categorical":
+        return -functional.cross_entropy(
+            output.reshape(-1, output.shape[-1]), target.reshape(-1), reduction="sum", ignore_index=ignore_index
+        )
+    if name == "gaussian":
+        return -0.5 * ((output - target) ** 2).sum() / variance
+    if name == "bernoulli":
+        return -functional.binary_cross_entropy_with_logits(output, target, reduction="sum")
+    raise ValueError(name)
+
+
+def _trainable(model: nn.Module) -> list[tuple[str, Tensor]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _grad(model: nn.Module, scalar: Tensor) -> list[Tensor]:
+    params = [p for _, p in _trainable(model)]
+    return [
+        g if g is not None else torch.zeros_like(p)
+        for g, p in zip(torch.autograd.grad(scalar, params, retain_graph=True, allow_unused=True), params)
+    ]
+
+
+def _labelings(name: str, output: Tensor, ignore: Tensor | None) -> list[tuple[Tensor, Tensor]]:
+    """(weight, labels) pairs for the exact expectation E_y[(∇ log p)²] of one sample.
+
+    The score of each position has zero mean and positions are independent, so the expectation is
+    the sum over positions j of E_{y_j}[(∇ log p(y_j))²]: one labelling per (position, value),
+    with every other position masked out of the log-likelihood.
+    """
+    pairs = []
+    if name == "categorical":
+        probs = output.detach().softmax(-1).reshape(-1, output.shape[-1])
+        for j in range(probs.shape[0]):
+            if ignore is not None and bool(ignore.reshape(-1)[j]):
+                continue
+            for c in range(probs.shape[1]):
+                labels = torch.full((probs.shape[0],), -100, dtype=torch.long)
+                labels[j] = c
+                pairs.append((probs[j, c], labels.reshape(output.shape[:-1])))
+    elif name == "bernoulli":
+        probs = output.detach().sigmoid().reshape(-1)
+        for j in range(probs.shape[0]):
+            for value in (0.0, 1.0):
+                pairs.append((probs[j] if value else 1 - probs[j], (j, value)))
+    return pairs
+
+
+def brute_force_diagonal(
+    model: nn.Module,
+    inputs: Tensor,
+    likelihood: str,
+    fisher_type: str,
+    targets: Tensor | None = None,
+    sampled: list[Tensor] | None = None,
+    variance: float = 1.0,
+) -> list[Tensor]:
+    """(1/N) Σ_n E_y[(∇_θ log p(y | x_n))²] one sample at a time, in float64.
+
+    Args:
+        sampled: For ``mc``, the drawn label tensors (one per MC sample, full batch shape).
+    """
+    model = model.double()
+    inputs = inputs.double() if inputs.dtype.is_floating_point else inputs
+    params = _trainable(model)
+    total = [torch.zeros_like(p) for _, p in params]
+    batch = inputs.shape[0]
+    for n in range(batch):
+        output = model(inputs[n : n + 1])[0]
+        ignore = None
+        if likelihood == "categorical" and targets is not None:
+            ignore = targets[n] == -100
+        squares = [torch.zeros_like(p) for _, p in params]
+        if fisher_type == "empirical":
+            terms = [(1.0, targets[n])]
+        elif fisher_type == "mc":
+            terms = []
+            for draw in sampled:
+                label = draw[n].clone()
+                if ignore is not None:
+                    label[ignore] = -100
+                terms.append((1.0 / len(sampled), label))
+        elif likelihood == "gaussian":
+            flat = output.reshape(-1)
+            for j in range(flat.numel()):
+                for s, g in zip(squares, _grad(model, flat[j])):
+                    s += g**2 / variance
+            terms = []
+        else:
+            terms = _labelings(likelihood, output, ignore)
+        for weight, label in terms:
+            if likelihood == "bernoulli" and fisher_type == "exact":
+                j, value = label
+                logp = -functional.binary_cross_entropy_with_logits(
+                    output.reshape(-1)[j], torch.tensor(value, dtype=torch.float64)
+                )
+            else:
+                if likelihood != "categorical":
+                    label = label.double()
+                logp = log_likelihood(likelihood, output, label, variance)
+            for s, g in zip(squares, _grad(model, logp)):
+                s += weight * g**2
+        for t, s in zip(total, squares):
+            t += s
+    return [t / batch for t in total]
+
+
+def dense_ggn(model: nn.Module, inputs: Tensor, likelihood: str, variance: float = 1.0) -> Tensor:
+    """(1/N) Σ_n J_nᵀ H_n J_n as a dense ``(P, P)`` matrix with torch.func: J_n = ∂f_n/∂θ by
+    ``jacrev``, H_n = ∂²[−log p(y | f_n)]/∂f² by ``hessian`` (the output Fisher for these
+    canonical-link likelihoods; independent of y)."""
+    model = model.double()
+    inputs = inputs.double() if inputs.dtype.is_floating_point else inputs
+    params = {n: p.detach() for n, p in _trainable(model)}
+    total = None
+    for n in range(inputs.shape[0]):
+        x = inputs[n : n + 1]
+
+        def f(p: dict[str, Tensor], x: Tensor = x) -> Tensor:
+            return functional_call(model, p, (x,))[0]
+
+        output = f(params).detach()
+        jac = jacrev(f)(params)
+        jac = torch.cat([j.reshape(output.numel(), -1) for j in jac.values()], 1)
+        dummy = (
+            torch.zeros_like(output)
+            if likelihood != "categorical"
+            else torch.zeros(output.shape[:-1], dtype=torch.long)
+        )
+        nll_hessian = hessian(lambda o, d=dummy: -log_likelihood(likelihood, o, d, variance))(output)
+        nll_hessian = nll_hessian.reshape(output.numel(), output.numel())
+        block = jac.T @ nll_hessian @ jac
+        total = block if total is None else total + block
+    return total / inputs.shape[0]
+
+
+def flatten(tensors: list[Tensor]) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])

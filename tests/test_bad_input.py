@@ -1,0 +1,121 @@
+"""Each documented bad input gets its documented error, and nothing is left behind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import fisherkit as fk
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+
+
+def test_output_shape_that_does_not_fit_the_likelihood():
+    model = nn.Linear(4, 1)
+    with pytest.raises(ValueError, match="C >= 2 classes"):
+        fk.diagonal_fisher(model, torch.randn(5, 4))
+    with pytest.raises(ValueError, match=r"targets of shape \(5, 2\) do not fit"):
+        fk.diagonal_fisher(_mlp(), (torch.randn(5, 4), torch.zeros(5, 2, dtype=torch.long)), fisher_type="empirical")
+
+
+def test_labels_out_of_range_for_the_empirical_fisher():
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\].*\[0, 3\]"):
+        fk.diagonal_fisher(_mlp(), (torch.randn(5, 4), torch.tensor([0, 1, 3, 2, 1])), fisher_type="empirical")
+    with pytest.raises(ValueError, match="targets in \\{0, 1\\}"):
+        fk.diagonal_fisher(_mlp(), (torch.randn(5, 4), torch.full((5, 3), 2.0)), "bernoulli", "empirical")
+
+
+def test_empirical_without_labels():
+    with pytest.raises(ValueError, match="needs the dataset's labels"):
+        fk.diagonal_fisher(_mlp(), torch.randn(5, 4), fisher_type="empirical")
+
+
+def test_empty_data():
+    with pytest.raises(ValueError, match="no samples"):
+        fk.diagonal_fisher(_mlp(), [])
+
+
+def test_nan_in_a_gradient_names_the_parameter():
+    model = _mlp()
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        fk.diagonal_fisher(model, torch.randn(5, 4))
+    model = _mlp()
+    x = torch.randn(5, 4)
+    x[0, 0] = 1e30  # finite outputs after the ReLU/saturation, overflowing squared gradients
+    model[0].weight.data.fill_(1e-12)
+    model[2].weight.data.fill_(1e10)
+    with pytest.raises(ValueError, match=r"parameter '0\.weight' has NaN or Inf"):
+        fk.diagonal_fisher(model, x, fisher_type="exact")
+
+
+def test_batchnorm_in_train_mode():
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
+    for engine in ("layerwise", "vmap"):
+        with pytest.raises(ValueError, match=r"BatchNorm.*\['1'\].*model.eval\(\)"):
+            fk.diagonal_fisher(model, torch.randn(6, 4), engine=engine)
+
+
+def test_unsupported_layer_names_it_and_the_fallback():
+    model = nn.Sequential(nn.Linear(4, 5), nn.PReLU(), nn.Linear(5, 3))
+    with pytest.raises(fk.UnsupportedModelError, match=r"1 \(PReLU\).*fallback=True"):
+        fk.diagonal_fisher(model, torch.randn(6, 4))
+    fisher = fk.diagonal_fisher(model, torch.randn(6, 4), fallback=True)
+    assert "1.weight" in fisher.names
+
+
+def test_tied_weights_on_the_layerwise_engine():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
+    model[2].weight = model[0].weight
+    with pytest.raises(fk.UnsupportedModelError, match="tied weights"):
+        fk.diagonal_fisher(model, torch.randn(6, 4), engine="layerwise")
+
+
+def test_inputs_and_model_on_different_devices():
+    model = _mlp().to(torch.device("meta"))
+    with pytest.raises(ValueError, match="is on cpu but the model's parameters are on meta"):
+        fk.diagonal_fisher(model, torch.randn(5, 4))
+
+
+def test_frozen_parameters_are_left_out_and_reported():
+    model = _mlp()
+    model[0].weight.requires_grad_(False)
+    with pytest.warns(UserWarning, match=r"left out of the Fisher: \['0.weight'\]"):
+        fisher = fk.diagonal_fisher(model, torch.randn(5, 4))
+    assert fisher.names == ("0.bias", "2.weight", "2.bias")
+    with pytest.raises(ValueError, match="Parameters without requires_grad are not part"):
+        fisher.quadratic(list(model.parameters()))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown fisher_type 'true'"):
+        fk.diagonal_fisher(_mlp(), torch.randn(5, 4), fisher_type="true")
+    with pytest.raises(ValueError, match="mc_samples must be a positive integer"):
+        fk.diagonal_fisher(_mlp(), torch.randn(5, 4), mc_samples=0)
+    with pytest.raises(ValueError, match="unknown engine"):
+        fk.diagonal_fisher(_mlp(), torch.randn(5, 4), engine="fast")
+    with pytest.raises(ValueError, match="either seed or generator"):
+        fk.diagonal_fisher(_mlp(), torch.randn(5, 4), seed=1, generator=torch.Generator())
+    with pytest.raises(TypeError, match="returned tuple"):
+        fk.diagonal_fisher(_TupleModel(), torch.randn(5, 4))
+
+
+class _TupleModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(x), x
+
+
+def test_hooks_are_removed_when_the_forward_raises():
+    model = _mlp()
+    with pytest.raises(RuntimeError):
+        fk.diagonal_fisher(model, torch.randn(5, 7))
+    assert all(not m._forward_hooks for m in model.modules())

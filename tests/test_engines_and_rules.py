@@ -1,0 +1,153 @@
+"""Model structures the engines must get right, the rule registry, explain(), and data forms."""
+
+from __future__ import annotations
+
+import torch
+from oracles import TOLERANCES, brute_force_diagonal, flatten
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import fisherkit as fk
+
+TOL = TOLERANCES[torch.float64]
+
+
+def _data(batch: int = 6, features: int = 4):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(batch, features, generator=g, dtype=torch.float64), torch.randint(0, 3, (batch,), generator=g)
+
+
+def _check_against_oracle(model, x, y, **kwargs):
+    for fisher_type in ("exact", "empirical"):
+        fisher = fk.diagonal_fisher(model, (x, y), fisher_type=fisher_type, **kwargs)
+        torch.testing.assert_close(
+            flatten(fisher.diagonals), flatten(brute_force_diagonal(model, x, "categorical", fisher_type, y)), **TOL
+        )
+
+
+def test_inplace_activation_after_a_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(inplace=True), nn.Linear(5, 3)).double()
+    _check_against_oracle(model, *_data(), engine="layerwise")
+
+
+class _Twice(nn.Module):
+    """One Linear applied twice in one forward: gradients add up before squaring."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.shared(torch.tanh(self.shared(x)))))
+
+
+def test_module_called_twice_per_forward():
+    torch.manual_seed(0)
+    _check_against_oracle(_Twice().double(), *_data(), engine="layerwise")
+
+
+def test_tied_weights_auto_picks_vmap_and_is_correct():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    model[2].weight = model[0].weight
+    _check_against_oracle(model, *_data(), engine="auto")
+
+
+class _MyLinear(nn.Linear):
+    pass
+
+
+def test_subclasses_use_the_parent_rule_and_users_can_register_rules():
+    torch.manual_seed(0)
+    model = nn.Sequential(_MyLinear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    assert "LinearRule" in fk.explain(model).splitlines()[1]
+    _check_against_oracle(model, *_data(), engine="layerwise")
+
+    class Doubling(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(5, dtype=torch.float64))
+
+        def forward(self, x):
+            return 2 * x * self.weight
+
+    @fk.register_rule(Doubling)
+    class DoublingRule(fk.LayerRule):
+        def per_sample_grads(self, module, call, grad_output, names):
+            return {"weight": 2 * grad_output * call.input}
+
+    model = nn.Sequential(nn.Linear(4, 5), Doubling(), nn.Tanh(), nn.Linear(5, 3)).double()
+    assert "DoublingRule" in fk.explain(model)
+    _check_against_oracle(model, *_data(), engine="layerwise")
+
+
+def test_explain_lists_rules_frozen_and_unsupported():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.PReLU(), nn.Flatten(), nn.Linear(2, 3))
+    model[3].bias.requires_grad_(False)
+    text = fk.explain(model)
+    assert "ConvRule" in text and "none (unsupported)" in text
+    assert "left out (requires_grad=False): 3.bias" in text
+    assert "TorchFuncRule" in fk.explain(model, fallback=True)
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+        self.b = nn.Linear(2, 3)
+
+    def forward(self, x, z):
+        return self.a(x) + self.b(z)
+
+
+def test_data_forms_agree():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x, y = _data(10)
+    reference = fk.diagonal_fisher(model, (x, y), fisher_type="empirical", batch_size=3)
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    batches = [(x[:7], y[:7]), [x[7:], y[7:]]]
+    for data in (loader, batches):
+        fisher = fk.diagonal_fisher(model, data, fisher_type="empirical", progress=False)
+        torch.testing.assert_close(flatten(fisher.diagonals), flatten(reference.diagonals), **TOL)
+    exact = fk.diagonal_fisher(model, x, fisher_type="exact", batch_size=4)
+    from_batches = fk.diagonal_fisher(model, [x[:5], x[5:]], fisher_type="exact", progress=True)
+    torch.testing.assert_close(flatten(exact.diagonals), flatten(from_batches.diagonals), **TOL)
+
+
+def test_model_with_several_inputs():
+    torch.manual_seed(0)
+    model = _TwoInputs().double()
+    x, y = _data(5)
+    z = torch.randn(5, 2, dtype=torch.float64)
+    per_engine = [
+        fk.diagonal_fisher(model, [((x, z), y)], fisher_type="empirical", engine=e) for e in ("layerwise", "vmap")
+    ]
+    expected = [g**2 for g in _brute_two_inputs(model, x, z, y)]
+    for fisher in per_engine:
+        torch.testing.assert_close(flatten(fisher.diagonals), flatten(expected), **TOL)
+
+
+def _brute_two_inputs(model, x, z, y):
+    totals = [torch.zeros_like(p) for p in model.parameters()]
+    for n in range(len(x)):
+        loss = nn.functional.cross_entropy(model(x[n : n + 1], z[n : n + 1]), y[n : n + 1])
+        for t, g in zip(totals, torch.autograd.grad(loss, list(model.parameters()))):
+            t += g**2 / len(x)
+    return [t.sqrt() for t in totals]
+
+
+def test_seed_reproducibility_and_memory_budget_chunking():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x, _ = _data(9)
+    first = fk.diagonal_fisher(model, x, mc_samples=4, seed=11)
+    again = fk.diagonal_fisher(model, x, mc_samples=4, seed=11, memory_budget=1)  # one column / sample at a time
+    other = fk.diagonal_fisher(model, x, mc_samples=4, seed=12)
+    torch.testing.assert_close(flatten(first.diagonals), flatten(again.diagonals), **TOL)
+    assert not torch.allclose(flatten(first.diagonals), flatten(other.diagonals))
+    vmap_chunked = fk.diagonal_fisher(model, x, fisher_type="exact", engine="vmap", memory_budget=1)
+    layerwise = fk.diagonal_fisher(model, x, fisher_type="exact", memory_budget=1)
+    torch.testing.assert_close(flatten(vmap_chunked.diagonals), flatten(layerwise.diagonals), **TOL)

@@ -1,0 +1,65 @@
+"""Likelihoods against autograd and torch.func: closed-form gradients and output-Fisher roots."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from oracles import TOLERANCES, log_likelihood
+from torch.func import hessian
+
+import fisherkit as fk
+
+CASES = [
+    ("categorical", fk.Categorical(), (5, 4)),
+    ("categorical", fk.Categorical(), (3, 2, 4)),
+    ("gaussian", fk.Gaussian(variance=0.7), (4, 3)),
+    ("gaussian", fk.Gaussian(variance=0.7), (4,)),
+    ("bernoulli", fk.Bernoulli(), (4, 3)),
+]
+
+
+def _target(lik, output, generator):
+    return lik.sample(output, generator)
+
+
+@pytest.mark.parametrize("name,lik,shape", CASES)
+def test_grad_nll_matches_autograd_and_log_prob_matches_torch(name, lik, shape):
+    generator = torch.Generator().manual_seed(0)
+    output = torch.randn(*shape, dtype=torch.float64, generator=generator, requires_grad=True)
+    target = _target(lik, output, generator)
+    variance = getattr(lik, "variance", 1.0)
+    nll = -log_likelihood(name, output, target, variance)
+    (expected,) = torch.autograd.grad(nll, output)
+    torch.testing.assert_close(lik.grad_nll(output, target), expected, **TOLERANCES[torch.float64])
+    per_sample = torch.stack([log_likelihood(name, output[n], target[n], variance) for n in range(shape[0])])
+    if name == "gaussian":  # fisherkit's log_prob keeps the normalizing constant
+        per_sample = per_sample - 0.5 * math.log(2 * math.pi * variance) * output[0].numel()
+    torch.testing.assert_close(lik.log_prob(output, target), per_sample.detach(), **TOLERANCES[torch.float64])
+
+
+@pytest.mark.parametrize("name,lik,shape", CASES)
+def test_sqrt_columns_reproduce_the_output_hessian(name, lik, shape):
+    output = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    columns = lik.sqrt_output_fisher(output, None)
+    variance = getattr(lik, "variance", 1.0)
+    for n in range(shape[0]):
+        s = columns[:, n].reshape(columns.shape[0], -1)
+        dummy = lik.sample(output[n : n + 1], None)[0]
+        h = hessian(lambda o, d=dummy: -log_likelihood(name, o, d, variance))(output[n])
+        torch.testing.assert_close(s.T @ s, h.reshape(s.shape[1], s.shape[1]), **TOLERANCES[torch.float64])
+
+
+def test_categorical_sampling_follows_softmax():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    draws = fk.Categorical().sample(logits.expand(20000, 3), torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(draws, minlength=3).double() / 20000
+    torch.testing.assert_close(frequencies, logits.softmax(-1)[0].double(), atol=0.015, rtol=0)
+
+
+def test_unknown_likelihood_and_bad_variance():
+    with pytest.raises(ValueError, match="unknown likelihood 'poisson'"):
+        fk.diagonal_fisher(torch.nn.Linear(2, 2), torch.randn(3, 2), likelihood="poisson")
+    with pytest.raises(ValueError, match="positive variance"):
+        fk.Gaussian(variance=0.0)

@@ -1,0 +1,112 @@
+"""sqgrad_accumulate: every backend against a float64 einsum on odd shapes.
+
+The op accumulates, so each run starts from random (never zero) contents of ``out`` and the
+oracle adds to the same start: an element left unwritten or overwritten fails.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fisherkit.ops import choose_backend, extension_status, sqgrad_accumulate
+
+BACKENDS = ["reference"] + (["cpp"] if extension_status().available else [])
+SHAPES = [(1, 1, 1, 1, 1), (1, 7, 1, 123, 5), (3, 5, 2, 9, 11), (2, 4, 5, 7, 3), (1, 3, 64, 17, 33), (4, 123, 1, 7, 2)]
+
+
+def _oracle(g, a, scale):
+    per_sample = torch.einsum("knto,nti->knoi", g.double(), a.double())
+    return scale * per_sample.square().sum((0, 1))
+
+
+def _bias_oracle(g, scale):
+    return scale * g.double().sum(2).square().sum((0, 1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_matches_float64_oracle(backend, dtype, shape):
+    k, n, t, o, i = shape
+    gen = torch.Generator().manual_seed(sum(shape))
+    g = torch.randn(k, n, t, o, generator=gen, dtype=dtype)
+    a = torch.randn(n, t, i, generator=gen, dtype=dtype)
+    start = torch.rand(o, i, generator=gen, dtype=dtype)
+    bias_start = torch.rand(o, generator=gen, dtype=dtype)
+    out, bias_out = start.clone(), bias_start.clone()
+    sqgrad_accumulate(out, g, a, scale=0.75, bias_out=bias_out, backend=backend)
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
+    torch.testing.assert_close(out.double(), start.double() + _oracle(g, a, 0.75), **tol)
+    torch.testing.assert_close(bias_out.double(), bias_start.double() + _bias_oracle(g, 0.75), **tol)
+    without_bias = start.clone()
+    sqgrad_accumulate(without_bias, g, a, scale=0.75, backend=backend)
+    torch.testing.assert_close(without_bias, out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_half_inputs_accumulate_in_float32(backend):
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(1, 6, 4, 5, generator=gen).half()
+    a = torch.randn(6, 4, 3, generator=gen).half()
+    start = torch.rand(5, 3, generator=gen)
+    out = start.clone()
+    sqgrad_accumulate(out, g, a, backend=backend)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), start.double() + _oracle(g.float(), a.float(), 1.0), rtol=1e-4, atol=1e-4)
+
+
+def test_noncontiguous_inputs():
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(2, 8, 5, 6, generator=gen).permute(0, 3, 2, 1)[:, ::2]
+    a = torch.randn(6, 10, 3, generator=gen)[::2, ::2]
+    for backend in BACKENDS:
+        out = torch.zeros(8, 3)
+        sqgrad_accumulate(out, g, a, backend=backend)
+        torch.testing.assert_close(out.double(), _oracle(g, a, 1.0), rtol=1e-4, atol=1e-4)
+
+
+def test_shape_and_dtype_errors():
+    with pytest.raises(ValueError, match="float32 or float64"):
+        sqgrad_accumulate(torch.zeros(2, 3).half(), torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 3))
+    with pytest.raises(ValueError, match="shapes disagree"):
+        sqgrad_accumulate(torch.zeros(2, 4), torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 3))
+    with pytest.raises(ValueError, match=r"bias_out must have shape \(2,\)"):
+        sqgrad_accumulate(torch.zeros(2, 3), torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 3), bias_out=torch.zeros(3))
+    with pytest.raises(ValueError, match="unknown backend"):
+        choose_backend("cuda-magic", torch.zeros(1))
+
+
+@pytest.mark.skipif(not extension_status().available, reason="fisherkit._C not built")
+def test_opcheck_and_auto_dispatch_uses_the_extension():
+    for bias_out in (torch.zeros(9), None):
+        for positions in (1, 7):
+            args = (torch.zeros(9, 11), bias_out, torch.randn(3, 5, positions, 9), torch.randn(5, positions, 11), 0.5)
+            torch.library.opcheck(torch.ops.fisherkit.sqgrad_accumulate_, args)
+    assert choose_backend(None, torch.zeros(1)) == "cpp"
+
+
+def test_environment_override_and_missing_extension_fall_back(monkeypatch):
+    monkeypatch.setenv("FISHERKIT_BACKEND", "reference")
+    assert choose_backend(None, torch.zeros(1)) == "reference"
+    code = (
+        "import fisherkit.ops as o, torch; s = o.extension_status(); "
+        "assert not s.available and 'disabled' in s.reason; "
+        "assert o.choose_backend(None, torch.zeros(1)) == 'reference'"
+    )
+    env = {**os.environ, "FISHERKIT_DISABLE_EXT": "1"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_import_is_lean():
+    code = (
+        "import sys, torch, fisherkit; "
+        "assert 'triton' not in sys.modules, 'triton imported'; "
+        "assert not torch.cuda.is_initialized(), 'cuda initialised'; "
+        "assert 'fisherkit._C' not in sys.modules, 'extension loaded at import'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
