@@ -18,7 +18,7 @@ import importlib.util
 from collections.abc import Callable
 
 import torch
-from measure import median_seconds, peak_tensor_bytes
+from measure import interleaved_median_seconds, peak_tensor_bytes
 from torch import nn
 from torch.func import functional_call, grad, vmap
 from workloads import WORKLOADS, Workload, make_workload
@@ -29,13 +29,13 @@ Method = Callable[[Workload, list], Callable[[], None]]
 
 
 def forward_backward(workload: Workload, batches: list) -> Callable[[], None]:
-    """The floor: one forward and backward of the cross-entropy loss per batch (gradients
-    allocated afresh, as the Fisher is)."""
+    """The floor: one forward and backward of the cross-entropy loss per batch, into gradients
+    allocated during the call (as the Fisher is) and released at its end."""
 
     def run() -> None:
-        workload.model.zero_grad(set_to_none=True)
         for x, y in batches:
             nn.functional.cross_entropy(workload.model(x), y).backward()
+        workload.model.zero_grad(set_to_none=True)
 
     return run
 
@@ -118,22 +118,27 @@ METHODS = {**FAST, **SLOW}
 
 
 def bench(workload_name: str, repeats: int, slow_samples: int) -> list[tuple[str, float, float, int, float]]:
-    """Rows of (method, seconds per 1k, × fwd+bwd time, peak bytes, × fwd+bwd memory on the same samples)."""
+    """Rows of (method, seconds per 1k, × fwd+bwd time, peak bytes, × fwd+bwd memory on the same samples).
+
+    Fast methods are timed in interleaved rounds (one call of each per round) so that load on a
+    shared machine hits them alike; slow ones are timed once each on ``slow_samples`` samples,
+    against a fwd+bwd floor on those same samples.
+    """
     workload = make_workload(workload_name)
+    groups = {None: FAST, slow_samples: {"fwd+bwd": forward_backward, **SLOW}}
     rows = []
-    base_seconds, base_memory = {}, {}
-    for name, method in METHODS.items():
-        limit = slow_samples if name in SLOW else None
+    for limit, methods in groups.items():
         batches = workload.batches(limit)
         count = sum(len(x) for x, _ in batches)
-        if limit not in base_seconds:
-            floor = forward_backward(workload, batches)
-            base_seconds[limit] = median_seconds(floor, repeats) / count * 1000
-            base_memory[limit] = peak_tensor_bytes(floor)
-        run = method(workload, batches)
-        per_k = median_seconds(run, repeats if limit is None else 1) / count * 1000
-        memory = peak_tensor_bytes(run)
-        rows.append((name, per_k, per_k / base_seconds[limit], memory, memory / base_memory[limit]))
+        runs = {name: method(workload, batches) for name, method in methods.items()}
+        seconds = interleaved_median_seconds(runs, repeats if limit is None else 1)
+        memory = {name: peak_tensor_bytes(run) for name, run in runs.items()}
+        for name in methods:
+            if limit is not None and name == "fwd+bwd":
+                continue
+            per_k = seconds[name] / count * 1000
+            ratio = seconds[name] / seconds["fwd+bwd"]
+            rows.append((name, per_k, ratio, memory[name], memory[name] / memory["fwd+bwd"]))
     return rows
 
 

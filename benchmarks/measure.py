@@ -4,7 +4,7 @@ Peak memory is the highest total of live tensor bytes allocated during one call 
 call), from the allocation and free events that ``torch.profiler`` records with
 ``profile_memory=True``: tensors that existed before the call (model, data) do not count, and the
 result is deterministic, unlike sampling the resident set of a process. Time is measured apart,
-without the profiler.
+without the profiler, in interleaved rounds.
 """
 
 from __future__ import annotations
@@ -17,16 +17,18 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 
-def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def interleaved_median_seconds(runs: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, float]:
+    """Median wall time of each callable over ``repeats`` rounds, one call of each per round, after
+    one warm-up call of each."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def peak_tensor_bytes(fn: Callable[[], object]) -> int:

@@ -1,18 +1,20 @@
 // CPU implementation of fisherkit::sqgrad_accumulate_.
 //
 // T == 1: one GEMM, out += scale * (sum_k G_k * G_k)^T (A * A); the bias sum reuses sum_k G_k * G_k.
-// T  > 1: samples are split over threads; each thread forms one per-sample gradient tile
-// P = G_{k,n}^T A_n (O x I) at a time in a cache-resident scratch buffer, squares it and adds it
-// into its private accumulator. A [N, O, I] tensor never exists. Partials are added in thread order.
+// T  > 1: per-sample gradient tiles P = G_{k,n}^T A_n (O x I) are formed a few samples at a time by
+// one batched GEMM into a cache-sized scratch buffer, squared in place and summed into out.
+// A [N, O, I] tensor never exists; chunks are added in a fixed order (deterministic).
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <optional>
-#include <vector>
+#include <algorithm>
 
 namespace fisherkit {
 namespace {
+
+// Per-sample tiles formed at once: small enough to stay in cache between the GEMM and the square.
+constexpr int64_t kScratchBytes = 2 << 20;
 
 void check_shapes(const at::Tensor& out, const std::optional<at::Tensor>& bias_out, const at::Tensor& g,
                   const at::Tensor& a) {
@@ -41,41 +43,21 @@ void unshared(at::Tensor& out, const std::optional<at::Tensor>& bias_out, const 
 
 void shared(at::Tensor& out, const std::optional<at::Tensor>& bias_out, const at::Tensor& grad_output,
             const at::Tensor& inputs, double scale) {
-  const auto options = out.options();
-  const auto g = grad_output.to(out.scalar_type()).contiguous();
-  const auto a = inputs.to(out.scalar_type()).contiguous();
-  const int64_t columns = g.size(0), samples = g.size(1), out_features = g.size(3), in_features = a.size(2);
-  const bool with_bias = bias_out.has_value();
-  std::vector<at::Tensor> partials(at::get_num_threads()), bias_partials(at::get_num_threads());
-  at::parallel_for(0, samples, 1, [&](int64_t begin, int64_t end) {
-    const int thread = at::get_thread_num();
-    auto& partial = partials[thread];
-    auto& bias_partial = bias_partials[thread];
-    if (!partial.defined()) {
-      partial = at::zeros({out_features, in_features}, options);
-      bias_partial = at::zeros({out_features}, options);
-    }
-    auto tile = at::empty({out_features, in_features}, options);
-    for (int64_t n = begin; n < end; ++n) {
-      const auto a_n = a.select(0, n);
-      for (int64_t k = 0; k < columns; ++k) {
-        const auto g_kn = g.select(0, k).select(0, n);
-        at::mm_out(tile, g_kn.t(), a_n);
-        partial.addcmul_(tile, tile);
-        if (with_bias) {
-          const auto b = g_kn.sum(0);
-          bias_partial.addcmul_(b, b);
-        }
-      }
-    }
-  });
-  for (size_t thread = 0; thread < partials.size(); ++thread) {
-    if (partials[thread].defined()) {
-      out.add_(partials[thread], scale);
-      if (with_bias) {
-        bias_out->add_(bias_partials[thread], scale);
-      }
-    }
+  // Any strides: the batched GEMM reads its operands in place (conv layouts are position-minor).
+  const auto g = grad_output.to(out.scalar_type());
+  const auto a = inputs.to(out.scalar_type());
+  const int64_t columns = g.size(0), samples = g.size(1);
+  const int64_t tile_bytes = columns * g.size(3) * a.size(2) * out.element_size();
+  const int64_t chunk = std::max<int64_t>(1, kScratchBytes / std::max<int64_t>(1, tile_bytes));
+  for (int64_t start = 0; start < samples; start += chunk) {
+    const int64_t length = std::min(chunk, samples - start);
+    auto tiles = at::matmul(g.narrow(1, start, length).transpose(-1, -2), a.narrow(0, start, length).unsqueeze(0));
+    tiles.mul_(tiles);
+    out.add_(tiles.sum(at::IntArrayRef{0, 1}), scale);
+  }
+  if (bias_out.has_value()) {
+    const auto per_sample_bias = g.sum(2);
+    bias_out->add_(at::mul(per_sample_bias, per_sample_bias).sum(at::IntArrayRef{0, 1}), scale);
   }
 }
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from fisherkit.ops.dispatch import choose_backend
 
-SCRATCH_BYTES = 32 * 2**20
+SCRATCH_BYTES = 2 * 2**20  # per-sample tiles formed at once; cache-sized
 
 
 def sqgrad_accumulate(
@@ -89,7 +89,8 @@ def sqgrad_accumulate_reference(
         g = grad_output[:, start : start + chunk].to(dtype)
         a = inputs[start : start + chunk].to(dtype)
         per_sample = torch.matmul(g.transpose(-1, -2), a.unsqueeze(0))
-        out.add_(per_sample.square().sum((0, 1)), alpha=scale)
-        if bias_out is not None:
-            bias_out.add_(g.sum(2).square().sum((0, 1)), alpha=scale)
+        out.add_(per_sample.mul_(per_sample).sum((0, 1)), alpha=scale)
+    if bias_out is not None:
+        bias = grad_output.to(dtype).sum(2)
+        bias_out.add_((bias * bias).sum((0, 1)), alpha=scale)
     return out

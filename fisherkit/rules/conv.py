@@ -13,7 +13,7 @@ from fisherkit.ops import sqgrad_accumulate
 from fisherkit.rules.base import LayerCall, LayerRule, requested
 from fisherkit.rules.registry import register_rule
 
-UNFOLD_BYTES = 64 * 2**20
+UNFOLD_BYTES = 8 * 2**20  # patches unfolded at once; small enough to stay in cache
 
 
 def unfold_patches(module: nn.modules.conv._ConvNd, x: Tensor) -> Tensor:
