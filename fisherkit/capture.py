@@ -7,6 +7,7 @@ from types import TracebackType
 from typing import Any
 
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
 from torch.utils.hooks import RemovableHandle
 
 from fisherkit.rules.base import LayerCall
@@ -26,14 +27,11 @@ class Capture:
         capture.calls[module]  # list of LayerCall, one per call
 
     Args:
-        modules: The modules to watch.
-        clone_outputs: Hand the rest of the network a copy of each output, so that an in-place
-            operation downstream (``ReLU(inplace=True)``) cannot overwrite the recorded output.
+        modules: The modules to watch; their outputs must require grad.
     """
 
-    def __init__(self, modules: Iterable[nn.Module], clone_outputs: bool = False) -> None:
+    def __init__(self, modules: Iterable[nn.Module]) -> None:
         self.modules = list(modules)
-        self.clone_outputs = clone_outputs
         self.calls: dict[nn.Module, list[LayerCall]] = {m: [] for m in self.modules}
         self._handles: list[RemovableHandle] = []
 
@@ -56,7 +54,7 @@ class Capture:
             handle.remove()
         self._handles.clear()
 
-    def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if not isinstance(output, Tensor):
             raise TypeError(
                 f"{type(module).__name__} returned {type(output).__name__}; fisherkit's layer rules "
@@ -65,12 +63,7 @@ class Capture:
         call = LayerCall(
             args=tuple(_detached(a) for a in args),
             kwargs={k: _detached(v) for k, v in kwargs.items()},
-            output=output,
-            version=output._version,
+            output_edge=get_gradient_edge(output),
+            output_shape=output.shape,
         )
         self.calls[module].append(call)
-        return output.clone() if self.clone_outputs else None
-
-    def outputs_modified(self) -> bool:
-        """True when an in-place operation changed a recorded output after its layer returned it."""
-        return any(call.output._version != call.version for calls in self.calls.values() for call in calls)

@@ -1,5 +1,5 @@
-"""The layerwise engine: hooks capture layer inputs and outputs; one backward per column chunk
-returns the output gradients of every layer at once; the layer rules do the rest."""
+"""The layerwise engine: hooks capture layer inputs and output edges; one backward per column
+chunk returns the output gradients of every layer at once; the layer rules do the rest."""
 
 from __future__ import annotations
 
@@ -30,13 +30,8 @@ class LayerwiseEngine(Engine):
         self.memory_budget = memory_budget
 
     def _forward(self, inputs: ModelInputs) -> tuple[Capture, Tensor]:
-        modules = [entry.module for entry in self.plan.entries]
-        with torch.enable_grad():
-            with Capture(modules) as capture:
-                output = call_model(self.model, inputs)
-            if capture.outputs_modified():
-                with Capture(modules, clone_outputs=True) as capture:
-                    output = call_model(self.model, inputs)
+        with torch.enable_grad(), Capture(entry.module for entry in self.plan.entries) as capture:
+            output = call_model(self.model, inputs)
         return capture, output
 
     def accumulate_sqgrad(self, inputs: ModelInputs, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:
@@ -44,16 +39,20 @@ class LayerwiseEngine(Engine):
         columns = columns_fn(output)
         entries = [e for e in self.plan.entries if capture.calls[e.module]]
         calls = [call for e in entries for call in capture.calls[e.module]]
-        bytes_per_column = sum(c.output.numel() * c.output.element_size() for c in calls)
+        bytes_per_column = output.element_size() * sum(c.output_shape.numel() for c in calls)
         chunk = max(1, self.memory_budget // max(1, bytes_per_column))
         pieces = columns.split(chunk)
         for index, piece in enumerate(pieces):
-            grads = self._output_grads(output, calls, piece, retain=index + 1 < len(pieces))
+            last = index + 1 == len(pieces)
+            grads = self._output_grads(output, calls, piece, retain=not last)
             by_call = dict(zip(map(id, calls), grads))
+            del grads
             for entry in entries:
                 out = {name: sums[entry.full_name(name)] for name in entry.local_names}
                 entry_calls = capture.calls[entry.module]
-                _accumulate_entry(entry, entry_calls, [by_call[id(call)] for call in entry_calls], out)
+                _accumulate_entry(entry, entry_calls, [by_call.pop(id(call)) for call in entry_calls], out)
+                if last:  # release this layer's inputs before the next layer's temporaries
+                    capture.calls[entry.module] = []
         return output.shape[0]
 
     @staticmethod
@@ -62,7 +61,7 @@ class LayerwiseEngine(Engine):
         batched = columns.shape[0] > 1
         grads = torch.autograd.grad(
             output,
-            [c.output for c in calls],
+            [c.output_edge for c in calls],
             grad_outputs=columns if batched else columns[0],
             retain_graph=retain,
             allow_unused=True,
@@ -71,7 +70,7 @@ class LayerwiseEngine(Engine):
         shaped = []
         for call, grad in zip(calls, grads):
             if grad is None:
-                grad = call.output.new_zeros((columns.shape[0], *call.output.shape))
+                grad = columns.new_zeros((columns.shape[0], *call.output_shape))
             shaped.append(grad if batched else grad.unsqueeze(0))
         return shaped
 

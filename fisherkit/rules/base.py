@@ -15,23 +15,26 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge
 
 
 @dataclass
 class LayerCall:
-    """One captured call of a module: its positional and keyword inputs and its output.
+    """One captured call of a module: its inputs, and where its output sits in the autograd graph.
 
     Attributes:
         args: Positional inputs, detached, batch axis first.
         kwargs: Keyword inputs, detached.
-        output: The output tensor still attached to the graph (gradients are taken w.r.t. it).
-        version: ``output._version`` when captured, to detect later in-place modification.
+        output_edge: The autograd edge of the output as the module returned it. Gradients are taken
+            w.r.t. this edge rather than the tensor: the output's memory is not kept alive, and an
+            in-place operation downstream (``ReLU(inplace=True)``) cannot change what it means.
+        output_shape: The output's shape.
     """
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
-    output: Tensor | None = None
-    version: int = 0
+    output_edge: GradientEdge | None = None
+    output_shape: torch.Size = field(default_factory=torch.Size)
 
     @property
     def input(self) -> Tensor:
