@@ -14,6 +14,7 @@ and are scaled per 1,000 samples like the rest. Peer libraries are measured when
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 from collections.abc import Callable
 
@@ -25,7 +26,7 @@ from workloads import WORKLOADS, Workload, make_workload
 
 import fisherkit as fk
 
-Method = Callable[[Workload, list], Callable[[], None]]
+Method = Callable[[Workload, list], Callable[[], None] | None]  # None: the workload is unsupported
 
 
 def forward_backward(workload: Workload, batches: list) -> Callable[[], None]:
@@ -88,19 +89,32 @@ def plain_vmap(workload: Workload, batches: list) -> Callable[[], None]:
     return run
 
 
-def backpack_diag_ggn_mc(workload: Workload, batches: list) -> Callable[[], None]:
-    from backpack import backpack, extend
-    from backpack.extensions import DiagGGNMC
+def backpack_diagonal(extension_name: str) -> Method:
+    """BackPACK's diagonal GGN (``DiagGGNMC``: MC; ``DiagGGNExact``: exact), on a private copy of
+    the model, since BackPACK's ``extend`` leaves hooks on the modules it extends."""
 
-    extended = extend(workload.model)
-    loss_fn = extend(nn.CrossEntropyLoss())
+    def method(workload: Workload, batches: list) -> Callable[[], None] | None:
+        from backpack import backpack, extend, extensions
 
-    def run() -> None:
-        for x, y in batches:
-            with backpack(DiagGGNMC()):
+        extended = extend(copy.deepcopy(workload.model))
+        loss_fn = extend(nn.CrossEntropyLoss())
+        extension = getattr(extensions, extension_name)
+        x, y = batches[0]
+        try:
+            with backpack(extension()):
                 loss_fn(extended(x), y).backward()
+        except NotImplementedError:  # a layer BackPACK has no extension for
+            return None
 
-    return run
+        def run() -> None:
+            for x, y in batches:
+                with backpack(extension()):
+                    loss_fn(extended(x), y).backward()
+            extended.zero_grad(set_to_none=True)
+
+        return run
+
+    return method
 
 
 FAST: dict[str, Method] = {
@@ -108,7 +122,8 @@ FAST: dict[str, Method] = {
     **{f"fisherkit {t} layerwise": fisherkit_diagonal(t, "layerwise") for t in fk.FISHER_TYPES},
 }
 if importlib.util.find_spec("backpack") is not None:
-    FAST["BackPACK DiagGGNMC"] = backpack_diag_ggn_mc
+    FAST["BackPACK DiagGGNMC (mc)"] = backpack_diagonal("DiagGGNMC")
+    FAST["BackPACK DiagGGNExact (exact)"] = backpack_diagonal("DiagGGNExact")
 SLOW: dict[str, Method] = {
     **{f"fisherkit {t} vmap": fisherkit_diagonal(t, "vmap") for t in fk.FISHER_TYPES},
     "batch-of-one loop (mc)": batch_of_one_loop,
@@ -131,9 +146,12 @@ def bench(workload_name: str, repeats: int, slow_samples: int) -> list[tuple[str
         batches = workload.batches(limit)
         count = sum(len(x) for x, _ in batches)
         runs = {name: method(workload, batches) for name, method in methods.items()}
+        unsupported = [name for name, run in runs.items() if run is None]
+        runs = {name: run for name, run in runs.items() if run is not None}
         seconds = interleaved_median_seconds(runs, repeats if limit is None else 1)
         memory = {name: peak_tensor_bytes(run) for name, run in runs.items()}
-        for name in methods:
+        rows += [(f"{name}: unsupported layer", float("nan"), float("nan"), 0, float("nan")) for name in unsupported]
+        for name in runs:
             if limit is not None and name == "fwd+bwd":
                 continue
             per_k = seconds[name] / count * 1000

@@ -63,3 +63,14 @@ def test_unknown_likelihood_and_bad_variance():
         fk.diagonal_fisher(torch.nn.Linear(2, 2), torch.randn(3, 2), likelihood="poisson")
     with pytest.raises(ValueError, match="positive variance"):
         fk.Gaussian(variance=0.0)
+
+
+def test_categorical_root_has_c_minus_1_columns_and_is_stable_for_saturated_softmax():
+    logits = torch.tensor([[60.0, 0.0, -60.0], [-60.0, 0.0, 60.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    columns = fk.Categorical().sqrt_output_fisher(logits, None)
+    assert columns.shape == (2, 3, 3)
+    assert bool(torch.isfinite(columns).all())
+    p = logits.softmax(-1)
+    for n in range(3):
+        s = columns[:, n]
+        torch.testing.assert_close(s.T @ s, torch.diag(p[n]) - torch.outer(p[n], p[n]), **TOLERANCES[torch.float64])

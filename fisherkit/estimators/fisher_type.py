@@ -57,7 +57,9 @@ def make_columns_fn(
         if fisher_type == "empirical":
             return likelihood.grad_nll(output, target).unsqueeze(0)
         draws = [likelihood.grad_nll(output, likelihood.sample(output, generator)) for _ in range(mc_samples)]
-        columns = torch.stack(draws) / math.sqrt(mc_samples)
+        columns = torch.stack(draws)
+        if mc_samples > 1:
+            columns /= math.sqrt(mc_samples)
         mask = likelihood.mask(output, target)
         return columns if mask is None else columns * mask
 

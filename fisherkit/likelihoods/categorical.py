@@ -71,17 +71,26 @@ class Categorical(Likelihood):
         return grad * valid.unsqueeze(-1)
 
     def sqrt_output_fisher(self, output: Tensor, target: Tensor | None) -> Tensor:
-        """Columns √p_c (p − e_c) per position: Σ_c = diag(p) − ppᵀ, the softmax Fisher.
+        """A rank-(C − 1) square root R of the softmax Fisher Λ = diag(p) − ppᵀ per position.
+
+        With q = √p, Λ = diag(q)(I − qqᵀ)diag(q). The Householder reflection H = I − 2vvᵀ/‖v‖²,
+        v = q + e_C, maps q to −e_C, so its first C − 1 columns are an orthonormal basis of q⊥ and
+        R = diag(q) H[:, :C−1] satisfies RRᵀ = Λ. Since q_C ≥ 0, ‖v‖² = 2(1 + q_C) ≥ 2: stable for
+        any p. C − 1 columns instead of C save a backward column (half of them for C = 2).
 
         Returns:
-            ``(C, B, C)`` for ``(B, C)`` outputs; ``(P·C, B, T..., C)`` for P = T·… positions,
+            ``(C−1, B, C)`` for ``(B, C)`` outputs; ``(P·(C−1), B, T..., C)`` for P = T·… positions,
             each column nonzero at one position only.
         """
         probs = output.detach().softmax(-1)
         num_classes = output.shape[-1]
-        eye = torch.eye(num_classes, dtype=probs.dtype, device=probs.device)
-        # column c at every position: √p_c (p − e_c), shape (C, B, T..., C)
-        columns = probs.sqrt().movedim(-1, 0).unsqueeze(-1) * (probs.unsqueeze(0) - _broadcast_eye(eye, probs))
+        q = probs.sqrt()
+        v = q.clone()
+        v[..., -1] += 1
+        w = v * (2 / (v * v).sum(-1, keepdim=True))  # H[:, c] = e_c − v w_c
+        eye = torch.eye(num_classes, dtype=probs.dtype, device=probs.device)[: num_classes - 1]
+        basis = _broadcast_eye(eye, probs) - v.unsqueeze(0) * w.movedim(-1, 0)[: num_classes - 1].unsqueeze(-1)
+        columns = q.unsqueeze(0) * basis
         mask = self.mask(output, target)
         if mask is not None:
             columns = columns * mask
@@ -91,5 +100,5 @@ class Categorical(Likelihood):
 
 
 def _broadcast_eye(eye: Tensor, probs: Tensor) -> Tensor:
-    """Identity rows e_c shaped ``(C, 1, ..., 1, C)`` to broadcast against ``(C, B, T..., C)``."""
+    """Identity rows e_c shaped ``(K, 1, ..., 1, C)`` to broadcast against ``(K, B, T..., C)``."""
     return eye.reshape(eye.shape[0], *([1] * (probs.dim() - 1)), eye.shape[1])
