@@ -117,7 +117,14 @@ def build_plan(model: nn.Module, fallback: bool = False) -> Plan:
     return Plan(entries, names, frozen, tied)
 
 
-def explain(model: nn.Module, fallback: bool = False) -> str:
+class Explanation(str):
+    """A multi-line report that a REPL shows as the table itself rather than a quoted string."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def explain(model: nn.Module, fallback: bool = False) -> Explanation:
     """A table of the rule each parameterized module gets, and what is left out.
 
     Args:
@@ -125,7 +132,7 @@ def explain(model: nn.Module, fallback: bool = False) -> str:
         fallback: As in ``build_plan``.
 
     Returns:
-        The table as a string (also convenient to ``print``).
+        The table, a ``str`` that displays as the table in a REPL and prints as one.
     """
     plan = build_plan(model, fallback=fallback)
     rows = [("module", "type", "rule", "parameters")]
@@ -136,4 +143,4 @@ def explain(model: nn.Module, fallback: bool = False) -> str:
         lines.append(f"left out (requires_grad=False): {', '.join(plan.frozen)}")
     if plan.tied:
         lines.append(f"tied (shared by several modules; layerwise engine refuses): {', '.join(plan.tied)}")
-    return "\n".join(lines)
+    return Explanation("\n".join(lines))
