@@ -63,7 +63,7 @@ class Capture:
         call = LayerCall(
             args=tuple(_detached(a) for a in args),
             kwargs={k: _detached(v) for k, v in kwargs.items()},
-            output_edge=get_gradient_edge(output),
+            output_edge=get_gradient_edge(output) if output.requires_grad else None,
             output_shape=output.shape,
         )
         self.calls[module].append(call)

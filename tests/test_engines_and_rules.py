@@ -151,3 +151,51 @@ def test_seed_reproducibility_and_memory_budget_chunking():
     vmap_chunked = fk.diagonal_fisher(model, x, fisher_type="exact", engine="vmap", memory_budget=1)
     layerwise = fk.diagonal_fisher(model, x, fisher_type="exact", memory_budget=1)
     torch.testing.assert_close(flatten(vmap_chunked.diagonals), flatten(layerwise.diagonals), **TOL)
+
+
+class _PartlyFrozenForward(nn.Module):
+    """The first layer runs under no_grad: no gradient reaches it, so its Fisher is zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen_path = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        with torch.no_grad():
+            x = torch.tanh(self.frozen_path(x))
+        return self.head(x)
+
+
+def test_layer_run_under_no_grad_gets_zero_fisher_on_both_engines():
+    torch.manual_seed(0)
+    model = _PartlyFrozenForward().double()
+    x, y = _data()
+    for engine in ("layerwise", "vmap"):
+        fisher = fk.diagonal_fisher(model, (x, y), fisher_type="empirical", engine=engine)
+        assert float(fisher.diagonals[0].abs().sum()) == 0.0 and float(fisher.diagonals[1].abs().sum()) == 0.0
+        expected = brute_force_diagonal(model, x, "categorical", "empirical", y)
+        torch.testing.assert_close(flatten(fisher.diagonals), flatten(expected), **TOL)
+
+
+class _UnusedBranch(nn.Module):
+    """A layer whose output never reaches the model output: its Fisher is zero for every type."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = nn.Linear(4, 3)
+        self.unused = nn.Linear(4, 2)
+
+    def forward(self, x):
+        self.unused(x)
+        return self.used(x)
+
+
+def test_layer_whose_output_is_unused_gets_zero_fisher():
+    torch.manual_seed(0)
+    model = _UnusedBranch().double()
+    x, y = _data()
+    for fisher_type in ("mc", "exact", "empirical"):
+        fisher = fk.diagonal_fisher(model, (x, y), fisher_type=fisher_type, engine="layerwise", seed=0)
+        assert float(fisher.diagonals[2].abs().sum()) == 0.0 and float(fisher.diagonals[3].abs().sum()) == 0.0
+        assert float(fisher.diagonals[0].abs().sum()) > 0.0

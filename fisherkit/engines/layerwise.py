@@ -59,19 +59,26 @@ class LayerwiseEngine(Engine):
     def _output_grads(output: Tensor, calls: list[LayerCall], columns: Tensor, retain: bool) -> list[Tensor]:
         """``(K, B, ...)`` gradients of s·f w.r.t. every recorded layer output (zeros when unused)."""
         batched = columns.shape[0] > 1
-        grads = torch.autograd.grad(
-            output,
-            [c.output_edge for c in calls],
-            grad_outputs=columns if batched else columns[0],
-            retain_graph=retain,
-            allow_unused=True,
-            is_grads_batched=batched,
+        tracked = [c for c in calls if c.output_edge is not None]
+        grads = (
+            torch.autograd.grad(
+                output,
+                [c.output_edge for c in tracked],
+                grad_outputs=columns if batched else columns[0],
+                retain_graph=retain,
+                allow_unused=True,
+                is_grads_batched=batched,
+            )
+            if tracked
+            else ()
         )
+        by_call = {id(call): grad for call, grad in zip(tracked, grads) if grad is not None}
         shaped = []
-        for call, grad in zip(calls, grads):
-            if grad is None:
-                grad = columns.new_zeros((columns.shape[0], *call.output_shape))
-            shaped.append(grad if batched else grad.unsqueeze(0))
+        for call in calls:
+            if id(call) not in by_call:
+                shaped.append(columns.new_zeros((columns.shape[0], *call.output_shape)))
+            else:
+                shaped.append(by_call[id(call)] if batched else by_call[id(call)].unsqueeze(0))
         return shaped
 
 

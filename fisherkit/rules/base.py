@@ -28,6 +28,8 @@ class LayerCall:
         output_edge: The autograd edge of the output as the module returned it. Gradients are taken
             w.r.t. this edge rather than the tensor: the output's memory is not kept alive, and an
             in-place operation downstream (``ReLU(inplace=True)``) cannot change what it means.
+            ``None`` when the call ran without autograd (under ``torch.no_grad``): no gradient
+            reaches its parameters through it.
         output_shape: The output's shape.
     """
 
