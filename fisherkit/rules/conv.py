@@ -49,10 +49,6 @@ class ConvRule(LayerRule):
     Patches are unfolded a few samples at a time (``UNFOLD_BYTES``), so memory stays bounded.
     """
 
-    def check(self, module: nn.Module) -> None:
-        if not isinstance(module.padding, (str, tuple)):
-            raise ValueError(f"{type(module).__name__}: unsupported padding {module.padding!r}")
-
     def _chunks(self, module: nn.Module, call: LayerCall, grad_output: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
         """Yields ``(g (K, b, groups, L, O/groups), u (b, groups, L, C/groups·Πk))`` per sample chunk."""
         x = call.input

@@ -29,7 +29,7 @@ class AffineNormRule(LayerRule):
         """x̂ of the input, same shape as ``x``."""
         raise NotImplementedError
 
-    def _reduce(self, module: nn.Module, tensor: Tensor, param_shape: torch.Size) -> Tensor:
+    def _reduce(self, tensor: Tensor, param_shape: torch.Size) -> Tensor:
         """Sums ``(K, B, ...)`` over the axes the parameter is shared across → ``(K, B, *param_shape)``."""
         columns, batch = tensor.shape[:2]
         if self.channel_first:
@@ -42,9 +42,9 @@ class AffineNormRule(LayerRule):
         grads = {}
         if requested(names, module, "weight"):
             x_hat = self.normalized(module, call.input.to(grad_output.dtype))
-            grads["weight"] = self._reduce(module, grad_output * x_hat, module.weight.shape)
+            grads["weight"] = self._reduce(grad_output * x_hat, module.weight.shape)
         if requested(names, module, "bias"):
-            grads["bias"] = self._reduce(module, grad_output, module.bias.shape)
+            grads["bias"] = self._reduce(grad_output, module.bias.shape)
         return grads
 
 
@@ -86,18 +86,11 @@ class GroupNormRule(AffineNormRule):
 class BatchNormRule(AffineNormRule):
     """Eval-mode BatchNorm: x̂ = (x − running_mean) / √(running_var + eps), w per channel.
 
-    Train-mode BatchNorm normalizes with batch statistics, which couples samples; it is refused.
+    Train-mode BatchNorm normalizes with batch statistics, which couples samples; ``build_plan``
+    refuses any model holding one (with or without affine parameters).
     """
 
     channel_first = True
-
-    def check(self, module: nn.Module) -> None:
-        if module.training or module.running_mean is None:
-            raise ValueError(
-                f"{type(module).__name__} in train mode (or without running statistics) normalizes "
-                f"with batch statistics, which couples samples, so per-sample gradients and the "
-                f"Fisher are undefined. Call model.eval() before estimating the Fisher."
-            )
 
     def normalized(self, module: nn.Module, x: Tensor) -> Tensor:
         shape = (1, -1) + (1,) * (x.dim() - 2)
