@@ -12,6 +12,8 @@ TORCH_LIBRARY(fisherkit, m) {
   // bias_out (O), when given, += scale * sum_{k,n} (sum_t g[k,n,t,:])^2 in the same pass.
   m.def(
       "sqgrad_accumulate_(Tensor(a!) out, Tensor(b!)? bias_out, Tensor grad_output, Tensor inputs, float scale) -> ()");
+  // factor <- beta * factor + alpha * [X, 1]^T [X, 1] ; X (N, D), factor (D + append_ones, D + append_ones)
+  m.def("kfac_factor_update_(Tensor(a!) factor, Tensor inputs, float alpha, float beta, bool append_ones) -> ()");
 }
 
 static struct PyModuleDef fisherkit_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};

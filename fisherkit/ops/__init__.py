@@ -2,6 +2,15 @@
 
 from fisherkit.ops.dispatch import BACKENDS, choose_backend
 from fisherkit.ops.extension import extension_status
+from fisherkit.ops.kfac_factor import kfac_factor_update, kfac_factor_update_reference
 from fisherkit.ops.sqgrad import sqgrad_accumulate, sqgrad_accumulate_reference
 
-__all__ = ["BACKENDS", "choose_backend", "extension_status", "sqgrad_accumulate", "sqgrad_accumulate_reference"]
+__all__ = [
+    "BACKENDS",
+    "choose_backend",
+    "extension_status",
+    "kfac_factor_update",
+    "kfac_factor_update_reference",
+    "sqgrad_accumulate",
+    "sqgrad_accumulate_reference",
+]

@@ -14,3 +14,7 @@ def register_fakes() -> None:
         out: Tensor, bias_out: Tensor | None, grad_output: Tensor, inputs: Tensor, scale: float
     ) -> None:
         return None
+
+    @torch.library.register_fake("fisherkit::kfac_factor_update_")
+    def _kfac_factor_update_fake(factor: Tensor, inputs: Tensor, alpha: float, beta: float, append_ones: bool) -> None:
+        return None
