@@ -27,7 +27,8 @@ class Capture:
         capture.calls[module]  # list of LayerCall, one per call
 
     Args:
-        modules: The modules to watch; their outputs must require grad.
+        modules: The modules to watch. A call whose output does not require grad (run under
+            ``torch.no_grad``) is recorded without an output edge.
     """
 
     def __init__(self, modules: Iterable[nn.Module]) -> None:
