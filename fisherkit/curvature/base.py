@@ -1,37 +1,49 @@
-"""The contract every Fisher representation follows, and the parameter-list plumbing they share.
+"""The Fisher representation: a block-diagonal matrix over a model's parameters, one algebra for all.
 
 A representation stores tensors only (never a model or data) and acts on *parameter-shaped tensor
 lists*: one tensor per represented parameter, in the order of ``names`` (a dict keyed by those
-names is accepted too).
+names is accepted too). Its blocks (``fisherkit.curvature.block``) may be of different kinds —
+diagonal, dense, Kronecker (KFAC), eigen-Kronecker (EKFAC), sums — which is how a KFAC Fisher
+covers normalization layers with diagonal blocks.
+
+Scaling: estimators fill every representation with the per-sample mean,
+F = (1/N) Σ_n E_y[g_n g_nᵀ] with g_n = ∇_θ log p(y | x_n). Multiply by N for the dataset Fisher.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
+from fisherkit.curvature.block import Block
+
 TensorList = list[Tensor]
 ParameterVector = Sequence[Tensor] | Mapping[str, Tensor]
 Self = TypeVar("Self", bound="Curvature")
 
 
-class Curvature(ABC):
-    """A symmetric positive semi-definite matrix over a model's parameters.
+class Curvature:
+    """A symmetric positive semi-definite matrix over a model's parameters, block-diagonal.
 
-    Attributes:
+    Args:
         names: Parameter names (as in ``model.named_parameters()``) in the order of every list.
         shapes: The shape of each parameter.
+        blocks: Blocks that partition ``names``.
     """
 
-    def __init__(self, names: Sequence[str], shapes: Sequence[torch.Size]) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        CURVATURE_KINDS[cls.__name__] = cls
+
+    def __init__(self, names: Sequence[str], shapes: Sequence[torch.Size], blocks: Sequence[Block]) -> None:
         if len(names) != len(shapes):
             raise ValueError(f"{len(names)} names but {len(shapes)} shapes")
         self.names = tuple(names)
         self.shapes = tuple(torch.Size(s) for s in shapes)
+        self._set_blocks(blocks)
 
     # -- derived operations -------------------------------------------------------------------
     def quadratic(self, v: ParameterVector) -> Tensor:
@@ -90,60 +102,166 @@ class Curvature(ABC):
         """The part of a state dict that identifies the parameters."""
         return {"kind": type(self).__name__, "names": list(self.names), "shapes": [list(s) for s in self.shapes]}
 
-    # -- the primitive operations each representation implements ------------------------------
-    @abstractmethod
+    # -- the block structure ----------------------------------------------------------------
+    @property
+    def blocks(self) -> list[Block]:
+        """The diagonal blocks, each over some of ``names``."""
+        return self._blocks
+
+    def _set_blocks(self, blocks: Sequence[Block]) -> None:
+        covered = [name for block in blocks for name in block.names]
+        if sorted(covered) != sorted(self.names) or len(covered) != len(set(covered)):
+            raise ValueError(f"blocks cover {covered}, which is not a partition of the parameters {list(self.names)}.")
+        position = {name: i for i, name in enumerate(self.names)}
+        for block in blocks:
+            if tuple(self.shapes[position[n]] for n in block.names) != block.shapes:
+                raise ValueError(f"block {block.label} has shapes that differ from the parameters'.")
+        self._blocks = list(blocks)
+        self._slots = [[position[n] for n in block.names] for block in blocks]
+
+    def _per_block(self, v: ParameterVector) -> list[TensorList]:
+        vectors = self.as_list(v)
+        return [[vectors[i] for i in slots] for slots in self._slots]
+
+    def _gather(self, per_block: list[TensorList]) -> TensorList:
+        out: list[Tensor | None] = [None] * len(self.names)
+        for slots, tensors in zip(self._slots, per_block):
+            for i, tensor in zip(slots, tensors):
+                out[i] = tensor
+        return out
+
+    def _with_blocks(self: Self, blocks: Sequence[Block]) -> Self:
+        """A representation of the same class over the same parameters with other blocks."""
+        other = object.__new__(type(self))
+        Curvature.__init__(other, self.names, self.shapes, blocks)
+        return other
+
+    # -- the operations ------------------------------------------------------------------------
     def mv(self, v: ParameterVector) -> TensorList:
-        """F v, as a parameter-shaped list."""
+        """F v, as a parameter-shaped list (in ``names`` order)."""
+        return self._gather([block.mv(part) for block, part in zip(self._blocks, self._per_block(v))])
 
-    @abstractmethod
-    def solve(self, v: ParameterVector, damping: float) -> TensorList:
-        """(F + damping·I)⁻¹ v, as a parameter-shaped list."""
+    def solve(self, v: ParameterVector, damping: float, pi_damping: bool = False) -> TensorList:
+        """(F + damping·I)⁻¹ v, as a parameter-shaped list.
 
-    @abstractmethod
-    def inverse(self: Self, damping: float) -> Self:
-        """(F + damping·I)⁻¹ in the same structure."""
+        Args:
+            v: Parameter-shaped tensors.
+            damping: Tikhonov damping λ ≥ 0 (exact for every block kind).
+            pi_damping: For Kronecker blocks, the factored heuristic (L + π√λ I) ⊗ (R + √λ/π I)
+                instead of exact Tikhonov damping; other blocks ignore it.
+        """
+        per_block = self._per_block(v)
+        return self._gather([b.solve(part, damping, pi_damping) for b, part in zip(self._blocks, per_block)])
 
-    @abstractmethod
+    def inverse(self: Self, damping: float, pi_damping: bool = False) -> Self:
+        """(F + damping·I)⁻¹ blockwise. A Tikhonov-damped Kronecker block inverts to an
+        eigen-Kronecker block (its exact inverse); π-damped, it stays Kronecker."""
+        return self._with_blocks([block.inverse(damping, pi_damping) for block in self._blocks])
+
     def diagonal(self) -> TensorList:
         """diag(F), parameter-shaped."""
+        return self._gather([block.diagonal() for block in self._blocks])
 
-    @abstractmethod
     def trace(self) -> Tensor:
         """tr(F), a 0-dim tensor."""
+        return sum(block.trace() for block in self._blocks)
 
-    @abstractmethod
-    def logdet(self, damping: float) -> Tensor:
-        """log det(F + damping·I), a 0-dim tensor."""
+    def logdet(self, damping: float, pi_damping: bool = False) -> Tensor:
+        """log det(F + damping·I), a 0-dim tensor (damping as in ``solve``)."""
+        return sum(block.logdet(damping, pi_damping) for block in self._blocks)
 
-    @abstractmethod
     def to_dense(self) -> Tensor:
         """The ``(P, P)`` matrix, parameters flattened in ``names`` order (for tests, small models)."""
+        sizes = [s.numel() for s in self.shapes]
+        offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        first = self._blocks[0].to_dense()
+        dense = first.new_zeros(sum(sizes), sum(sizes))
+        for block, slots in zip(self._blocks, self._slots):
+            index = torch.cat([torch.arange(offsets[i], offsets[i] + sizes[i]) for i in slots]).to(dense.device)
+            dense[index.unsqueeze(1), index.unsqueeze(0)] = block.to_dense().to(dense.dtype)
+        return dense
 
-    @abstractmethod
     def to(self: Self, *args: Any, **kwargs: Any) -> Self:
         """A copy moved or cast like ``Tensor.to``."""
+        return self._with_blocks([block.map(lambda t: t.to(*args, **kwargs)) for block in self._blocks])
 
-    @abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        """Tensors and identifying metadata."""
+        """Block kinds, parameter names, shapes and tensors (cloned); loadable with
+        ``load_state_dict`` or ``Curvature.from_state_dict``."""
+        return {**self.state_header(), "blocks": [block.state() for block in self._blocks]}
 
-    @abstractmethod
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restores from ``state_dict()``; refuses a state of other parameters."""
+        """Restores from ``state_dict()``, keeping this representation's device and dtypes.
 
-    @abstractmethod
-    def __add__(self: Self, other: Self) -> Self: ...
+        Raises:
+            ValueError: The state covers other parameters, or has a different block structure.
+        """
+        self.check_state_header(state)
+        blocks = [Block.from_state(s) for s in state["blocks"]]
+        mine = [(type(b).__name__, b.names) for b in self._blocks]
+        theirs = [(type(b).__name__, b.names) for b in blocks]
+        if mine != theirs:
+            raise ValueError(f"state dict has blocks {theirs}, this Fisher has {mine}; they cannot be loaded.")
+        device_dtype = _first_tensor(self._blocks)
+        self._set_blocks([b.map(lambda t: t.to(device_dtype.device, device_dtype.dtype)) for b in blocks])
 
-    @abstractmethod
-    def __mul__(self: Self, scalar: float) -> Self: ...
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> Curvature:
+        """Rebuilds a representation from ``state_dict()`` alone (e.g. a saved EWC penalty)."""
+        blocks = [Block.from_state(s) for s in state["blocks"]]
+        kind = CURVATURE_KINDS.get(state.get("kind"), Curvature)
+        curvature = object.__new__(kind)
+        Curvature.__init__(curvature, state["names"], [torch.Size(s) for s in state["shapes"]], blocks)
+        return curvature
+
+    def ema_(self, other: Curvature, decay: float) -> None:
+        """In place: F ← decay·F + (1 − decay)·F_new, blockwise. Exact for diagonal and dense
+        blocks; Kronecker blocks average their factors and eigen-Kronecker blocks their scalings
+        (see those classes)."""
+        self._check_same_blocks(other)
+        for mine, new in zip(self._blocks, other._blocks):
+            mine.ema_(new, decay)
+
+    def _check_same_blocks(self, other: Curvature) -> None:
+        self.check_compatible(other)
+        if [b.names for b in self._blocks] != [b.names for b in other._blocks]:
+            raise ValueError("the two Fisher representations group parameters into different blocks.")
+
+    def __add__(self: Self, other: Curvature) -> Self:
+        """The exact sum, blockwise; blocks of kinds without a closed sum are kept as sums."""
+        if not isinstance(other, Curvature):
+            return NotImplemented
+        self._check_same_blocks(other)
+        return self._with_blocks([a + b for a, b in zip(self._blocks, other._blocks)])
+
+    def __mul__(self: Self, scalar: float) -> Self:
+        """scalar·F for a number scalar ≥ 0 (a representation stays positive semi-definite)."""
+        if not isinstance(scalar, (int, float)):
+            return NotImplemented
+        if not scalar >= 0:
+            raise ValueError(f"a Fisher can only be scaled by a number >= 0; got {scalar}.")
+        return self._with_blocks([block.scaled(scalar) for block in self._blocks])
 
     def __rmul__(self: Self, scalar: float) -> Self:
         return self * scalar
 
+    def __repr__(self) -> str:
+        kinds: dict[str, int] = {}
+        for block in self._blocks:
+            kinds[type(block).__name__] = kinds.get(type(block).__name__, 0) + 1
+        described = ", ".join(f"{count} {kind}" for kind, count in kinds.items())
+        total = sum(s.numel() for s in self.shapes)
+        return f"{type(self).__name__}({total} parameters in {described}; trace={float(self.trace()):.4g})"
 
-def check_damping(damping: float) -> float:
-    """Returns ``damping`` as a float; raises ``ValueError`` when it is negative or not finite."""
-    damping = float(damping)
-    if not (damping >= 0 and damping < float("inf")):
-        raise ValueError(f"damping must be a finite number >= 0; got {damping}.")
-    return damping
+
+CURVATURE_KINDS: dict[str, type[Curvature]] = {}
+
+
+def _first_tensor(blocks: Sequence[Block]) -> Tensor:
+    for block in blocks:
+        for value in block.state().values():
+            if isinstance(value, Tensor):
+                return value
+            if isinstance(value, list) and value and isinstance(value[0], Tensor):
+                return value[0]
+    raise ValueError("the Fisher holds no tensors")

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 ModelInputs = Tensor | Sequence[Tensor]
 ColumnsFn = Callable[[Tensor], Tensor]
+PerSampleConsumer = Callable[[dict[str, Tensor]], None]
 
 
 def call_model(model: nn.Module, inputs: ModelInputs) -> Tensor:
@@ -33,3 +34,9 @@ class Engine(ABC):
     def accumulate_sqgrad(self, inputs: ModelInputs, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:
         """Adds the batch's squared per-sample gradients into ``sums`` (keyed by parameter name,
         float32 or float64, parameter-shaped) and returns the batch size."""
+
+    @abstractmethod
+    def per_sample_grads(self, inputs: ModelInputs, columns_fn: ColumnsFn, consume: PerSampleConsumer) -> int:
+        """Calls ``consume`` with ``{name: (M, *param.shape)}`` per-sample gradients ∇_θ(s_{k,n}·f_n),
+        M rows per chunk (columns × samples, the same row order for every name), chunk by chunk
+        within the memory budget; returns the batch size."""

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from fisherkit.capture import Capture
-from fisherkit.engines.base import ColumnsFn, Engine, ModelInputs, call_model
+from fisherkit.engines.base import ColumnsFn, Engine, ModelInputs, PerSampleConsumer, call_model
 from fisherkit.plan import Plan, PlanEntry
 from fisherkit.rules.base import LayerCall
 
@@ -34,10 +34,14 @@ class LayerwiseEngine(Engine):
             output = call_model(self.model, inputs)
         return capture, output
 
-    def accumulate_sqgrad(self, inputs: ModelInputs, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:
+    def visit(self, inputs: ModelInputs, columns_fn: ColumnsFn, visitor: LayerVisitor) -> int:
+        """Runs the batch and shows ``visitor`` every layer's inputs once and its output gradients
+        once per column chunk; returns the batch size."""
         capture, output = self._forward(inputs)
         columns = columns_fn(output)
         entries = [e for e in self.plan.entries if capture.calls[e.module]]
+        for entry in entries:
+            visitor.inputs(entry, capture.calls[entry.module])
         calls = [call for e in entries for call in capture.calls[e.module]]
         bytes_per_column = output.element_size() * sum(c.output_shape.numel() for c in calls)
         chunk = max(1, self.memory_budget // max(1, bytes_per_column))
@@ -48,12 +52,18 @@ class LayerwiseEngine(Engine):
             by_call = dict(zip(map(id, calls), grads))
             del grads
             for entry in entries:
-                out = {name: sums[entry.full_name(name)] for name in entry.local_names}
                 entry_calls = capture.calls[entry.module]
-                _accumulate_entry(entry, entry_calls, [by_call.pop(id(call)) for call in entry_calls], out)
+                visitor.grads(entry, entry_calls, [by_call.pop(id(call)) for call in entry_calls])
                 if last:  # release this layer's inputs before the next layer's temporaries
                     capture.calls[entry.module] = []
+            visitor.chunk_done()
         return output.shape[0]
+
+    def accumulate_sqgrad(self, inputs: ModelInputs, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:
+        return self.visit(inputs, columns_fn, _SquaredGradients(sums))
+
+    def per_sample_grads(self, inputs: ModelInputs, columns_fn: ColumnsFn, consume: PerSampleConsumer) -> int:
+        return self.visit(inputs, columns_fn, _PerSampleGradients(consume))
 
     @staticmethod
     def _output_grads(output: Tensor, calls: list[LayerCall], columns: Tensor, retain: bool) -> list[Tensor]:
@@ -82,15 +92,61 @@ class LayerwiseEngine(Engine):
         return shaped
 
 
-def _accumulate_entry(entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor], out: dict[str, Tensor]) -> None:
-    """Adds one module's squared per-sample gradient sums into ``out``; a module called several
-    times in one forward gets its per-call gradients added before squaring (the square is nonlinear)."""
+class LayerVisitor:
+    """What an estimator does with a batch's captured layers (every method may be left as is)."""
+
+    def inputs(self, entry: PlanEntry, calls: list[LayerCall]) -> None:
+        """Called once per batch with a module's captured calls, before any gradient."""
+
+    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
+        """Called once per column chunk with ``(K, B, ...)`` output gradients, one per call."""
+
+    def chunk_done(self) -> None:
+        """Called after every module has seen a column chunk."""
+
+
+def entry_per_sample_grads(entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> dict[str, Tensor]:
+    """``{full parameter name: (K, B, *shape)}`` per-sample gradients of one module, summed over its calls."""
+    total: dict[str, Tensor] = {}
+    for call, grad in zip(calls, grads):
+        for name, value in entry.rule.per_sample_grads(entry.module, call, grad, entry.local_names).items():
+            total[name] = total[name] + value if name in total else value
+    return {entry.full_name(name): value for name, value in total.items()}
+
+
+def accumulate_entry_sqgrad(
+    entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor], out: dict[str, Tensor]
+) -> None:
+    """Adds one module's squared per-sample gradient sums into ``out`` (keyed by direct name); a
+    module called several times in one forward gets its per-call gradients added before squaring."""
     if len(calls) == 1:
         entry.rule.accumulate_sqgrad(entry.module, calls[0], grads[0], out)
         return
-    total: dict[str, Tensor] = {}
-    for call, grad in zip(calls, grads):
-        for name, value in entry.rule.per_sample_grads(entry.module, call, grad, out.keys()).items():
-            total[name] = total[name] + value if name in total else value
-    for name, value in total.items():
-        out[name].add_(value.square().sum((0, 1)))
+    for name, value in entry_per_sample_grads(entry, calls, grads).items():
+        local = name.rsplit(".", 1)[-1]
+        out[local].add_(value.square().sum((0, 1)))
+
+
+class _SquaredGradients(LayerVisitor):
+    def __init__(self, sums: dict[str, Tensor]) -> None:
+        self.sums = sums
+
+    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
+        out = {name: self.sums[entry.full_name(name)] for name in entry.local_names}
+        accumulate_entry_sqgrad(entry, calls, grads, out)
+
+
+class _PerSampleGradients(LayerVisitor):
+    """Collects every module's per-sample gradients of a column chunk and hands them on together."""
+
+    def __init__(self, consume: PerSampleConsumer) -> None:
+        self.consume = consume
+        self.chunk: dict[str, Tensor] = {}
+
+    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
+        for name, value in entry_per_sample_grads(entry, calls, grads).items():
+            self.chunk[name] = value.flatten(0, 1)
+
+    def chunk_done(self) -> None:
+        self.consume(self.chunk)
+        self.chunk = {}

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 
-from fisherkit.engines.base import ColumnsFn, Engine, ModelInputs, call_model
+from fisherkit.engines.base import ColumnsFn, Engine, ModelInputs, PerSampleConsumer, call_model
 
 
 class VmapEngine(Engine):
@@ -27,7 +27,7 @@ class VmapEngine(Engine):
         self.names = names
         self.memory_budget = memory_budget
 
-    def accumulate_sqgrad(self, inputs: ModelInputs, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:
+    def per_sample_grads(self, inputs: ModelInputs, columns_fn: ColumnsFn, consume: PerSampleConsumer) -> int:
         named = dict(self.model.named_parameters())
         params = {name: named[name].detach() for name in self.names}
         with torch.no_grad():
@@ -42,8 +42,7 @@ class VmapEngine(Engine):
                 return functional_call(self.model, p, (batched_inputs,) if is_tensor else tuple(batched_inputs))
 
             _, pullback = vjp(forward, params)
-            grads = vmap(pullback)(sample_columns.unsqueeze(1))[0]
-            return {name: g.square().sum(0) for name, g in grads.items()}
+            return vmap(pullback)(sample_columns.unsqueeze(1))[0]
 
         batch = output.shape[0]
         bytes_per_sample = 3 * columns.shape[0] * sum(p.numel() * p.element_size() for p in params.values())
@@ -52,6 +51,12 @@ class VmapEngine(Engine):
         for start in range(0, batch, chunk):
             part = slice(start, start + chunk)
             sample_inputs = inputs[part] if is_tensor else [x[part] for x in inputs]
-            for name, value in per_sample(sample_inputs, columns[:, part]).items():
-                sums[name].add_(value.sum(0))
+            consume({name: g.flatten(0, 1) for name, g in per_sample(sample_inputs, columns[:, part]).items()})
         return batch
+
+    def accumulate_sqgrad(self, inputs: ModelInputs, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:
+        def add_squares(grads: dict[str, Tensor]) -> None:
+            for name, g in grads.items():
+                sums[name].add_(g.square().sum(0))
+
+        return self.per_sample_grads(inputs, columns_fn, add_squares)

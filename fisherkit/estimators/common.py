@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fisherkit.engines import Engine, LayerwiseEngine, VmapEngine
+from fisherkit.engines.base import ColumnsFn, ModelInputs
 from fisherkit.estimators.data import Batch, check_device, iter_batches
+from fisherkit.estimators.fisher_type import check_fisher_type, make_columns_fn
+from fisherkit.likelihoods import Likelihood, get_likelihood
 from fisherkit.plan import Plan, build_plan
 
 ENGINES = ("auto", "layerwise", "vmap")
@@ -72,3 +76,82 @@ def batches_with_progress(
     for inputs, targets in batches:
         check_device(inputs, targets, device)
         yield inputs, targets
+
+
+@dataclass
+class Estimation:
+    """The checked arguments every estimator shares, and its batch loop.
+
+    Attributes:
+        model: The model.
+        plan: Its rules and trainable parameters.
+        likelihood: The likelihood of the outputs.
+        fisher_type: ``"mc"``, ``"exact"`` or ``"empirical"``.
+        mc_samples: Label draws per sample for ``"mc"``.
+        device: Where the parameters live.
+        generator: For the MC draws (None: the global RNG).
+        batch_size: Rows per batch when the data are tensors.
+        progress: As in ``batches_with_progress``.
+    """
+
+    model: nn.Module
+    plan: Plan
+    likelihood: Likelihood
+    fisher_type: str
+    mc_samples: int
+    device: torch.device
+    generator: torch.Generator | None
+    batch_size: int
+    progress: bool | None
+
+    @classmethod
+    def start(
+        cls,
+        model: nn.Module,
+        likelihood: str | Likelihood,
+        fisher_type: str,
+        mc_samples: int,
+        fallback: bool,
+        batch_size: int,
+        seed: int | None,
+        generator: torch.Generator | None,
+        progress: bool | None,
+    ) -> Estimation:
+        """Checks the arguments and builds the plan (see ``diagonal_fisher`` for their meaning)."""
+        check_fisher_type(fisher_type, mc_samples)
+        likelihood = get_likelihood(likelihood)
+        plan = prepare_plan(model, fallback)
+        device = dict(model.named_parameters())[plan.names[0]].device
+        generator = make_generator(device, seed, generator)
+        return cls(model, plan, likelihood, fisher_type, mc_samples, device, generator, batch_size, progress)
+
+    @property
+    def parameters(self) -> dict[str, Tensor]:
+        """The trainable parameters by name, in plan order."""
+        named = dict(self.model.named_parameters())
+        return {name: named[name] for name in self.plan.names}
+
+    def accumulator(self, shape: torch.Size | tuple[int, ...]) -> Tensor:
+        """Zeros for sums: float64 for a float64 model, float32 otherwise, on the model's device."""
+        dtype = next(iter(self.parameters.values())).dtype
+        return torch.zeros(shape, dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=self.device)
+
+    def batches(self, data: Any, description: str) -> Iterator[tuple[ModelInputs, ColumnsFn]]:
+        """Each batch's inputs and the function from its outputs to its Fisher-type columns."""
+        for inputs, targets in batches_with_progress(data, self.batch_size, self.device, self.progress, description):
+            yield inputs, make_columns_fn(self.likelihood, self.fisher_type, targets, self.mc_samples, self.generator)
+
+
+def check_finite(label: str, tensor: Tensor) -> None:
+    """Raises ``ValueError`` naming ``label`` when ``tensor`` has NaN or Inf entries."""
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(
+            f"the Fisher of {label} has NaN or Inf entries: its per-sample gradients overflowed or the "
+            f"parameter itself is not finite."
+        )
+
+
+def check_count(count: int) -> None:
+    """Raises ``ValueError`` when the data held no samples."""
+    if count == 0:
+        raise ValueError("the data held no samples; the Fisher is a mean over samples and needs at least one.")

@@ -8,16 +8,9 @@ import torch
 from torch import nn
 
 from fisherkit.curvature import DiagonalFisher
-from fisherkit.estimators.common import (
-    DEFAULT_MEMORY_BUDGET,
-    batches_with_progress,
-    choose_engine,
-    make_generator,
-    prepare_plan,
-)
+from fisherkit.estimators.common import DEFAULT_MEMORY_BUDGET, Estimation, check_count, check_finite, choose_engine
 from fisherkit.estimators.distributed import all_reduce_sums
-from fisherkit.estimators.fisher_type import check_fisher_type, make_columns_fn
-from fisherkit.likelihoods import Likelihood, get_likelihood
+from fisherkit.likelihoods import Likelihood
 
 
 def diagonal_fisher(
@@ -70,31 +63,15 @@ def diagonal_fisher(
             Fisher entries (the parameter is named), train-mode BatchNorm, unsupported layers,
             data on another device than the model.
     """
-    check_fisher_type(fisher_type, mc_samples)
-    likelihood = get_likelihood(likelihood)
-    plan = prepare_plan(model, fallback)
-    named = dict(model.named_parameters())
-    device = named[plan.names[0]].device
-    engine_impl = choose_engine(engine, model, plan, memory_budget)
-    generator = make_generator(device, seed, generator)
-    sums = {
-        name: torch.zeros_like(
-            named[name], dtype=torch.float64 if named[name].dtype == torch.float64 else torch.float32
-        )
-        for name in plan.names
-    }
+    job = Estimation.start(model, likelihood, fisher_type, mc_samples, fallback, batch_size, seed, generator, progress)
+    engine_impl = choose_engine(engine, model, job.plan, memory_budget)
+    sums = {name: job.accumulator(parameter.shape) for name, parameter in job.parameters.items()}
     count = 0
-    for inputs, targets in batches_with_progress(data, batch_size, device, progress, "diagonal Fisher"):
-        columns_fn = make_columns_fn(likelihood, fisher_type, targets, mc_samples, generator)
+    for inputs, columns_fn in job.batches(data, "diagonal Fisher"):
         count += engine_impl.accumulate_sqgrad(inputs, columns_fn, sums)
     totals, count = all_reduce_sums(list(sums.values()), count)
-    if count == 0:
-        raise ValueError("the data held no samples; the Fisher is a mean over samples and needs at least one.")
+    check_count(count)
     diagonals = [total.div_(count) for total in totals]
-    for name, diagonal in zip(plan.names, diagonals):
-        if not bool(torch.isfinite(diagonal).all()):
-            raise ValueError(
-                f"the Fisher of parameter {name!r} has NaN or Inf entries: its per-sample gradients "
-                f"overflowed or the parameter itself is not finite."
-            )
-    return DiagonalFisher(plan.names, diagonals)
+    for name, diagonal in zip(job.plan.names, diagonals):
+        check_finite(f"parameter {name!r}", diagonal)
+    return DiagonalFisher(job.plan.names, diagonals)

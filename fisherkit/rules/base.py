@@ -9,13 +9,15 @@ column axis k in front: ``(K, B, ...)``. The per-sample gradient of column k for
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge
+
+from fisherkit.curvature.kronecker_layout import KroneckerLayout
 
 
 @dataclass
@@ -48,8 +50,16 @@ class LayerRule:
     """Per-layer math for the parameters a module owns directly.
 
     Subclasses must implement ``per_sample_grads``; ``accumulate_sqgrad`` is an optional fast path
-    that should never materialize per-sample gradients.
+    that should never materialize per-sample gradients. Rules with a Kronecker factorization (KFAC,
+    EKFAC) also implement ``kronecker_layout`` and ``kronecker_chunks``.
+
+    Attributes:
+        input_factor_diagonal: The input factor is diagonal (embedding token frequencies) and is the
+            left factor of the layout; otherwise the output-gradient factor is left and the input
+            factor right.
     """
+
+    input_factor_diagonal: ClassVar[bool] = False
 
     def check(self, module: nn.Module) -> None:
         """Raises ``ValueError`` when this module's configuration is outside what the rule supports."""
@@ -84,6 +94,24 @@ class LayerRule:
         """
         for name, g in self.per_sample_grads(module, call, grad_output, out.keys()).items():
             out[name].add_(g.square().sum((0, 1)))
+
+    def kronecker_layout(self, module: nn.Module, names: Collection[str]) -> KroneckerLayout | None:
+        """The Kronecker view of the requested parameters, or None when the rule has none (the
+        structured estimators then give the module diagonal blocks)."""
+        return None
+
+    def kronecker_chunks(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor | None
+    ) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """Layer inputs and output gradients at every shared position, a few samples at a time.
+
+        Yields:
+            ``a (b, groups, T, D)`` inputs (token ids ``(b, 1, T)``, −1 where no gradient flows, when
+            ``input_factor_diagonal``) and ``g (K, b, groups, T, rows)`` output gradients (None
+            when ``grad_output`` is None), such that the per-sample weight gradient of a group is
+            Σ_t g_t a_tᵀ.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no Kronecker factorization")
 
 
 def requested(names: Collection[str], module: nn.Module, name: str) -> bool:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
+from fisherkit.curvature.kronecker_layout import KroneckerLayout
 from fisherkit.ops import sqgrad_accumulate
 from fisherkit.rules.base import LayerCall, LayerRule, requested
 from fisherkit.rules.registry import register_rule
@@ -49,15 +50,24 @@ class ConvRule(LayerRule):
     Patches are unfolded a few samples at a time (``UNFOLD_BYTES``), so memory stays bounded.
     """
 
-    def _chunks(self, module: nn.Module, call: LayerCall, grad_output: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
-        """Yields ``(g (K, b, groups, L, O/groups), u (b, groups, L, C/groups·Πk))`` per sample chunk."""
+    def kronecker_layout(self, module: nn.Module, names: Collection[str]) -> KroneckerLayout | None:
+        if not requested(names, module, "weight"):
+            return None
+        return KroneckerLayout(module.groups, module.out_channels // module.groups, requested(names, module, "bias"))
+
+    def kronecker_chunks(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor | None
+    ) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """Yields ``u (b, groups, L, C/groups·Πk)`` patches and ``g (K, b, groups, L, O/groups)``."""
         x = call.input
-        columns, batch = grad_output.shape[:2]
         per_sample = x[0].numel() * math.prod(module.kernel_size) * x.element_size()
-        for part in sample_chunks(batch, per_sample):
+        for part in sample_chunks(x.shape[0], per_sample):
             u = unfold_patches(module, x[part]).transpose(-1, -2)
-            g = grad_output[:, part].reshape(columns, u.shape[0], module.groups, -1, u.shape[2])
-            yield g.transpose(-1, -2), u
+            if grad_output is None:
+                yield u, None
+                continue
+            g = grad_output[:, part].reshape(grad_output.shape[0], u.shape[0], module.groups, -1, u.shape[2])
+            yield u, g.transpose(-1, -2)
 
     def per_sample_grads(
         self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
@@ -66,7 +76,8 @@ class ConvRule(LayerRule):
         columns, batch = grad_output.shape[:2]
         if requested(names, module, "weight"):
             parts = [
-                torch.einsum("kngto,ngti->kngoi", g, u.to(g.dtype)) for g, u in self._chunks(module, call, grad_output)
+                torch.einsum("kngto,ngti->kngoi", g, u.to(g.dtype))
+                for u, g in self.kronecker_chunks(module, call, grad_output)
             ]
             grads["weight"] = torch.cat(parts, 1).reshape(columns, batch, *module.weight.shape)
         if requested(names, module, "bias"):
@@ -80,7 +91,7 @@ class ConvRule(LayerRule):
             groups = module.groups
             weight = out["weight"].view(groups, module.out_channels // groups, -1)
             bias = out["bias"].view(groups, -1) if "bias" in out else None
-            for g, u in self._chunks(module, call, grad_output):
+            for u, g in self.kronecker_chunks(module, call, grad_output):
                 for group in range(groups):
                     bias_out = bias[group] if bias is not None else None
                     sqgrad_accumulate(weight[group], g[:, :, group], u[:, group], bias_out=bias_out)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 
 import torch
 from torch import Tensor, nn
 
+from fisherkit.curvature.kronecker_layout import KroneckerLayout
 from fisherkit.rules.base import LayerCall, LayerRule, requested
 from fisherkit.rules.registry import register_rule
 
@@ -17,7 +18,14 @@ class EmbeddingRule(LayerRule):
 
     The fast path sums gradients per (column, sample, token) once and squares those sums, so it
     never allocates the ``(K, B, V, D)`` per-sample gradient.
+
+    Kronecker form: the inputs are one-hot, so the input factor is diagonal (token frequencies,
+    never a dense V × V matrix) and sits on the left of the ``(V, D)`` weight; KFAC treats
+    positions as independent (KFAC-expand) whatever the requested approximation, because reducing
+    one-hot inputs over positions would make the input factor dense.
     """
+
+    input_factor_diagonal = True
 
     def check(self, module: nn.Module) -> None:
         if module.max_norm is not None:
@@ -63,3 +71,18 @@ class EmbeddingRule(LayerRule):
         dtype = out["weight"].dtype
         sums = grads.new_zeros(unique.numel(), module.embedding_dim, dtype=dtype).index_add_(0, slot, grads.to(dtype))
         out["weight"].index_add_(0, unique % module.num_embeddings, sums.square())
+
+    def kronecker_layout(self, module: nn.Module, names: Collection[str]) -> KroneckerLayout | None:
+        return KroneckerLayout(1, module.num_embeddings, False) if requested(names, module, "weight") else None
+
+    def kronecker_chunks(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor | None
+    ) -> Iterator[tuple[Tensor, Tensor | None]]:
+        batch = call.input.shape[0]
+        tokens = call.input.reshape(batch, 1, -1)
+        if module.padding_idx is not None:
+            tokens = tokens.masked_fill(tokens == module.padding_idx, -1)
+        g = None
+        if grad_output is not None:
+            g = grad_output.reshape(grad_output.shape[0], batch, 1, -1, module.embedding_dim)
+        yield tokens, g

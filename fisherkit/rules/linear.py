@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 
 import torch
 from torch import Tensor, nn
 
+from fisherkit.curvature.kronecker_layout import KroneckerLayout
 from fisherkit.ops import sqgrad_accumulate
 from fisherkit.rules.base import LayerCall, LayerRule, flatten_positions, requested
 from fisherkit.rules.registry import register_rule
@@ -40,3 +41,15 @@ class LinearRule(LayerRule):
             sqgrad_accumulate(out["weight"], g, a, bias_out=out.get("bias"))
         elif "bias" in out:
             out["bias"].add_(g.sum(2).to(out["bias"].dtype).square().sum((0, 1)))
+
+    def kronecker_layout(self, module: nn.Module, names: Collection[str]) -> KroneckerLayout | None:
+        if not requested(names, module, "weight"):
+            return None
+        return KroneckerLayout(1, module.out_features, requested(names, module, "bias"))
+
+    def kronecker_chunks(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor | None
+    ) -> Iterator[tuple[Tensor, Tensor | None]]:
+        a = flatten_positions(call.input, 1, 1).unsqueeze(1)
+        g = None if grad_output is None else flatten_positions(grad_output, 2, 1).unsqueeze(2)
+        yield a, g

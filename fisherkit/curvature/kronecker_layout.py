@@ -1,0 +1,136 @@
+"""How a layer's parameters form the matrix a Kronecker factorization acts on, and factor helpers.
+
+A Kronecker block sees its parameters as a ``(groups, rows, cols)`` stack of matrices X: the
+weight reshaped to ``(groups, rows, cols − 1)`` with the bias as the last column when the block
+has one (``nn.Linear``: rows = outputs, cols = inputs + 1; a grouped conv: one matrix per group;
+``nn.Embedding``: rows = vocabulary, cols = embedding dimension). With row-major flattening,
+vec(L X R) = (L ⊗ R) vec(X), so F = L ⊗ R per group.
+
+A factor is dense ``(groups, n, n)`` or diagonal ``(groups, n)`` (the embedding's token
+frequencies, never a dense vocabulary × vocabulary matrix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fisherkit.curvature.block import TensorList
+
+
+@dataclass(frozen=True)
+class KroneckerLayout:
+    """The matrix view of a weight (and optional bias).
+
+    Attributes:
+        groups: Independent matrices (conv groups; 1 otherwise).
+        rows: Rows per group (the left factor's size).
+        has_bias: The last column of each matrix is the bias.
+    """
+
+    groups: int
+    rows: int
+    has_bias: bool
+
+    def to_view(self, vectors: TensorList) -> Tensor:
+        """``[weight, (bias)]`` → ``(groups, rows, cols)``."""
+        weight = vectors[0].reshape(self.groups, self.rows, -1)
+        if not self.has_bias:
+            return weight
+        return torch.cat([weight, vectors[1].reshape(self.groups, self.rows, 1).to(weight.dtype)], 2)
+
+    def from_view(self, view: Tensor, shapes: tuple[torch.Size, ...]) -> TensorList:
+        """``(groups, rows, cols)`` → ``[weight, (bias)]`` of ``shapes``."""
+        if not self.has_bias:
+            return [view.reshape(shapes[0])]
+        return [view[..., :-1].reshape(shapes[0]), view[..., -1].reshape(shapes[1])]
+
+    def flat_index(self, shapes: tuple[torch.Size, ...], device: torch.device) -> Tensor:
+        """``(groups, rows, cols)`` positions of every view entry in the flattened parameters."""
+        sizes = [s.numel() for s in shapes]
+        ranges = [
+            torch.arange(sum(sizes[:i]), sum(sizes[: i + 1]), device=device).reshape(s) for i, s in enumerate(shapes)
+        ]
+        return self.to_view(ranges)
+
+
+def is_diagonal(factor: Tensor) -> bool:
+    """A diagonal factor is stored as ``(groups, n)``; a dense one as ``(groups, n, n)``."""
+    return factor.dim() == 2
+
+
+def factor_diagonal(factor: Tensor) -> Tensor:
+    """``(groups, n)`` diagonal of a factor."""
+    return factor if is_diagonal(factor) else torch.diagonal(factor, dim1=-2, dim2=-1)
+
+
+def factor_dense(factor: Tensor) -> Tensor:
+    """``(groups, n, n)``."""
+    return torch.diag_embed(factor) if is_diagonal(factor) else factor
+
+
+def apply_left(factor: Tensor | None, view: Tensor) -> Tensor:
+    """L X per group; ``None`` is the identity."""
+    if factor is None:
+        return view
+    return factor.unsqueeze(-1) * view if is_diagonal(factor) else factor @ view
+
+
+def apply_right(view: Tensor, factor: Tensor | None) -> Tensor:
+    """X R per group (R symmetric); ``None`` is the identity."""
+    if factor is None:
+        return view
+    return view * factor.unsqueeze(-2) if is_diagonal(factor) else view @ factor
+
+
+def transpose(basis: Tensor | None) -> Tensor | None:
+    return None if basis is None else basis.transpose(-1, -2)
+
+
+def factor_eigh(factor: Tensor, label: str) -> tuple[Tensor, Tensor | None]:
+    """Eigenvalues ``(groups, n)`` (clamped at 0) and eigenvectors ``(groups, n, n)`` (None when diagonal).
+
+    Checks for NaN/Inf first and retries in float64 when the decomposition fails to converge.
+
+    Raises:
+        ValueError: Non-finite entries, or no convergence even in float64; ``label`` names the layer.
+    """
+    if not bool(torch.isfinite(factor).all()):
+        raise ValueError(f"Kronecker factor of {label} has NaN or Inf entries; its statistics overflowed.")
+    if is_diagonal(factor):
+        return factor.clamp(min=0), None
+    try:
+        values, vectors = torch.linalg.eigh(factor)
+    except torch.linalg.LinAlgError:
+        try:
+            values, vectors = torch.linalg.eigh(factor.double())
+        except torch.linalg.LinAlgError as error:
+            raise ValueError(f"eigendecomposition of a Kronecker factor of {label} failed even in float64") from error
+        values, vectors = values.to(factor.dtype), vectors.to(factor.dtype)
+    return values.clamp(min=0), vectors
+
+
+def rotate_in(view: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
+    """Q_Lᵀ X Q_R: coordinates in the Kronecker eigenbasis."""
+    return apply_right(apply_left(transpose(left), view), right)
+
+
+def rotate_out(view: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
+    """Q_L X Q_Rᵀ: back from the Kronecker eigenbasis."""
+    return apply_right(apply_left(left, view), transpose(right))
+
+
+def dense_kronecker(left: Tensor, right: Tensor) -> Tensor:
+    """``(groups, r·c, r·c)``: L ⊗ R per group."""
+    left, right = factor_dense(left), factor_dense(right)
+    return torch.stack([torch.kron(a, b) for a, b in zip(left, right)])
+
+
+def scatter_groups(per_group: Tensor, index: Tensor, size: int) -> Tensor:
+    """Places ``(groups, m, m)`` matrices at the flat positions ``index`` ``(groups, m)`` of a ``(size, size)``."""
+    dense = per_group.new_zeros(size, size)
+    for block, positions in zip(per_group, index):
+        dense[positions.unsqueeze(1), positions.unsqueeze(0)] = block
+    return dense
