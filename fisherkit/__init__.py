@@ -3,27 +3,57 @@
 Importing fisherkit never imports Triton, initialises CUDA, or needs the compiled extension.
 """
 
-from fisherkit.curvature import Curvature, DiagonalFisher
-from fisherkit.estimators import FISHER_TYPES, diagonal_fisher
+from fisherkit.curvature import (
+    Block,
+    Curvature,
+    DenseBlock,
+    DiagonalBlock,
+    DiagonalFisher,
+    EigenKroneckerBlock,
+    KroneckerBlock,
+    SumBlock,
+)
+from fisherkit.estimators import (
+    APPROXIMATIONS,
+    FISHER_TYPES,
+    block_fisher,
+    diagonal_fisher,
+    ekfac_fisher,
+    full_fisher,
+    kfac_fisher,
+)
 from fisherkit.likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
+from fisherkit.matrix_free import FisherOperator
 from fisherkit.plan import UnsupportedModelError, explain
 from fisherkit.rules import LayerCall, LayerRule, TorchFuncRule, register_rule
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "APPROXIMATIONS",
     "FISHER_TYPES",
     "Bernoulli",
+    "Block",
     "Categorical",
     "Curvature",
+    "DenseBlock",
+    "DiagonalBlock",
     "DiagonalFisher",
+    "EigenKroneckerBlock",
+    "FisherOperator",
     "Gaussian",
+    "KroneckerBlock",
     "LayerCall",
     "LayerRule",
     "Likelihood",
     "TorchFuncRule",
+    "SumBlock",
     "UnsupportedModelError",
+    "block_fisher",
     "diagonal_fisher",
+    "ekfac_fisher",
     "explain",
+    "full_fisher",
+    "kfac_fisher",
     "register_rule",
 ]

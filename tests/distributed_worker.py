@@ -1,4 +1,4 @@
-"""Run by test_distributed.py: two gloo ranks estimate on disjoint shards; rank 0 saves the result."""
+"""Run by test_distributed.py: two gloo ranks estimate every structure on disjoint shards; rank 0 saves them."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import fisherkit as fk
+
+ESTIMATORS = (fk.diagonal_fisher, fk.kfac_fisher, fk.ekfac_fisher, fk.block_fisher, fk.full_fisher)
 
 
 def model_and_data():
@@ -26,9 +28,13 @@ def run(rank: int, world: int, port: str, path: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     model, x, y = model_and_data()
     shard = slice(0, 7) if rank == 0 else slice(7, 11)  # uneven shards: counts must be reduced too
+    data = (x[shard], y[shard])
     results = {
-        t: fk.diagonal_fisher(model, (x[shard], y[shard]), fisher_type=t).state_dict() for t in ("exact", "empirical")
+        (estimator.__name__, t): estimator(model, data, fisher_type=t).state_dict()
+        for estimator in ESTIMATORS
+        for t in ("exact", "empirical")
     }
+    results[("FisherOperator", "exact")] = fk.FisherOperator(model, data).to_dense()
     if rank == 0:
         torch.save(results, path)
     dist.destroy_process_group()

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, hessian, jacrev
@@ -66,6 +68,53 @@ def _labelings(name: str, output: Tensor, ignore: Tensor | None) -> list[tuple[T
     return pairs
 
 
+def _weighted_gradients(
+    model: nn.Module,
+    inputs: Tensor,
+    likelihood: str,
+    fisher_type: str,
+    targets: Tensor | None,
+    sampled: list[Tensor] | None,
+    variance: float,
+) -> Iterator[tuple[float, list[Tensor]]]:
+    """(weight, ∇_θ log p(y | x_n)) for every sample n and label y of the Fisher type, in float64,
+    one sample at a time; F = (1/N) Σ weight · g gᵀ."""
+    model = model.double()
+    inputs = inputs.double() if inputs.dtype.is_floating_point else inputs
+    for n in range(inputs.shape[0]):
+        output = model(inputs[n : n + 1])[0]
+        ignore = None
+        if likelihood == "categorical" and targets is not None:
+            ignore = targets[n] == -100
+        if fisher_type == "empirical":
+            terms = [(1.0, targets[n])]
+        elif fisher_type == "mc":
+            terms = []
+            for draw in sampled:
+                label = draw[n].clone()
+                if ignore is not None:
+                    label[ignore] = -100
+                terms.append((1.0 / len(sampled), label))
+        elif likelihood == "gaussian":
+            flat = output.reshape(-1)
+            for j in range(flat.numel()):
+                yield 1.0 / variance, _grad(model, flat[j])
+            terms = []
+        else:
+            terms = _labelings(likelihood, output, ignore)
+        for weight, label in terms:
+            if likelihood == "bernoulli" and fisher_type == "exact":
+                j, value = label
+                logp = -functional.binary_cross_entropy_with_logits(
+                    output.reshape(-1)[j], torch.tensor(value, dtype=torch.float64)
+                )
+            else:
+                if likelihood != "categorical":
+                    label = label.double()
+                logp = log_likelihood(likelihood, output, label, variance)
+            yield float(weight), _grad(model, logp)
+
+
 def brute_force_diagonal(
     model: nn.Module,
     inputs: Tensor,
@@ -80,49 +129,28 @@ def brute_force_diagonal(
     Args:
         sampled: For ``mc``, the drawn label tensors (one per MC sample, full batch shape).
     """
-    model = model.double()
-    inputs = inputs.double() if inputs.dtype.is_floating_point else inputs
-    params = _trainable(model)
-    total = [torch.zeros_like(p) for _, p in params]
-    batch = inputs.shape[0]
-    for n in range(batch):
-        output = model(inputs[n : n + 1])[0]
-        ignore = None
-        if likelihood == "categorical" and targets is not None:
-            ignore = targets[n] == -100
-        squares = [torch.zeros_like(p) for _, p in params]
-        if fisher_type == "empirical":
-            terms = [(1.0, targets[n])]
-        elif fisher_type == "mc":
-            terms = []
-            for draw in sampled:
-                label = draw[n].clone()
-                if ignore is not None:
-                    label[ignore] = -100
-                terms.append((1.0 / len(sampled), label))
-        elif likelihood == "gaussian":
-            flat = output.reshape(-1)
-            for j in range(flat.numel()):
-                for s, g in zip(squares, _grad(model, flat[j])):
-                    s += g**2 / variance
-            terms = []
-        else:
-            terms = _labelings(likelihood, output, ignore)
-        for weight, label in terms:
-            if likelihood == "bernoulli" and fisher_type == "exact":
-                j, value = label
-                logp = -functional.binary_cross_entropy_with_logits(
-                    output.reshape(-1)[j], torch.tensor(value, dtype=torch.float64)
-                )
-            else:
-                if likelihood != "categorical":
-                    label = label.double()
-                logp = log_likelihood(likelihood, output, label, variance)
-            for s, g in zip(squares, _grad(model, logp)):
-                s += weight * g**2
-        for t, s in zip(total, squares):
-            t += s
-    return [t / batch for t in total]
+    total = [torch.zeros_like(p, dtype=torch.float64) for _, p in _trainable(model)]
+    for weight, grads in _weighted_gradients(model, inputs, likelihood, fisher_type, targets, sampled, variance):
+        for t, g in zip(total, grads):
+            t += weight * g**2
+    return [t / inputs.shape[0] for t in total]
+
+
+def brute_force_dense(
+    model: nn.Module,
+    inputs: Tensor,
+    likelihood: str,
+    fisher_type: str,
+    targets: Tensor | None = None,
+    sampled: list[Tensor] | None = None,
+    variance: float = 1.0,
+) -> Tensor:
+    """(1/N) Σ_n E_y[g gᵀ], g = ∇_θ log p(y | x_n) flattened over all trainable parameters, float64."""
+    total = None
+    for weight, grads in _weighted_gradients(model, inputs, likelihood, fisher_type, targets, sampled, variance):
+        g = flatten(grads)
+        total = weight * torch.outer(g, g) + (0 if total is None else total)
+    return total / inputs.shape[0]
 
 
 def dense_ggn(model: nn.Module, inputs: Tensor, likelihood: str, variance: float = 1.0) -> Tensor:

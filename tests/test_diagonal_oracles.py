@@ -6,24 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from oracles import TOLERANCES, brute_force_diagonal, dense_ggn, flatten
+from replay import replay_draws
 from zoo import CASES, build_case
 
 import fisherkit as fk
-from fisherkit.likelihoods import get_likelihood
 
 ENGINES = ["layerwise", "vmap"]
-
-
-def replay_draws(model, inputs, likelihood: str, seed: int, mc_samples: int, batch_size: int) -> list[torch.Tensor]:
-    """The labels the estimator draws with this seed: the same generator, batches and order of draws."""
-    generator = torch.Generator().manual_seed(seed)
-    lik = get_likelihood(likelihood)
-    per_batch = []
-    for start in range(0, len(inputs), batch_size):
-        with torch.no_grad():
-            output = model(inputs[start : start + batch_size])
-        per_batch.append([lik.sample(output, generator) for _ in range(mc_samples)])
-    return [torch.cat([draws[k] for draws in per_batch]) for k in range(mc_samples)]
 
 
 @pytest.mark.parametrize("engine", ENGINES)

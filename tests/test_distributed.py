@@ -1,4 +1,4 @@
-"""A 2-process gloo run equals one process on the union of the data."""
+"""A 2-process gloo run equals one process on the union of the data, for every structure."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import torch
-from distributed_worker import model_and_data
+from distributed_worker import ESTIMATORS, model_and_data
 from oracles import TOLERANCES
 
 import fisherkit as fk
@@ -26,7 +26,14 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     subprocess.run([sys.executable, worker, _free_port(), str(path)], check=True, timeout=300)
     distributed = torch.load(path)
     model, x, y = model_and_data()
-    for fisher_type, state in distributed.items():
-        single = fk.diagonal_fisher(model, (x, y), fisher_type=fisher_type)
-        for got, want in zip(fk.Curvature.from_state_dict(state).diagonals, single.diagonals):
-            torch.testing.assert_close(got, want, **TOLERANCES[torch.float64])
+    estimators = {e.__name__: e for e in ESTIMATORS}
+    for (name, fisher_type), state in distributed.items():
+        if name == "FisherOperator":
+            single = fk.FisherOperator(model, (x, y)).to_dense()
+            torch.testing.assert_close(state, single, **TOLERANCES[torch.float64])
+            continue
+        single = estimators[name](model, (x, y), fisher_type=fisher_type)
+        got = fk.Curvature.from_state_dict(state)
+        assert [type(b) for b in got.blocks] == [type(b) for b in single.blocks]
+        torch.testing.assert_close(got.to_dense(), single.to_dense(), **TOLERANCES[torch.float64], msg=name)
+    assert len(distributed) == 2 * len(ESTIMATORS) + 1

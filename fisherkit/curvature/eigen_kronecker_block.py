@@ -80,7 +80,7 @@ class EigenKroneckerBlock(Block):
         for group in range(self.groups):
             left = _dense_basis(self.left_basis, group, rows, self.scaling)
             right = _dense_basis(self.right_basis, group, cols, self.scaling)
-            basis = torch.kron(left, right)
+            basis = torch.kron(left.contiguous(), right.contiguous())
             per_group.append((basis * self.scaling[group].reshape(1, -1)) @ basis.T)
         index = self.layout.flat_index(self.shapes, self.scaling.device).reshape(self.groups, -1)
         return scatter_groups(torch.stack(per_group), index, self.numel)

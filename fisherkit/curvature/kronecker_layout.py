@@ -34,12 +34,13 @@ class KroneckerLayout:
     rows: int
     has_bias: bool
 
-    def to_view(self, vectors: TensorList) -> Tensor:
-        """``[weight, (bias)]`` → ``(groups, rows, cols)``."""
-        weight = vectors[0].reshape(self.groups, self.rows, -1)
+    def to_view(self, vectors: TensorList, batch_dims: int = 0) -> Tensor:
+        """``[weight, (bias)]`` → ``(groups, rows, cols)``, after ``batch_dims`` leading axes."""
+        lead = vectors[0].shape[:batch_dims]
+        weight = vectors[0].reshape(*lead, self.groups, self.rows, -1)
         if not self.has_bias:
             return weight
-        return torch.cat([weight, vectors[1].reshape(self.groups, self.rows, 1).to(weight.dtype)], 2)
+        return torch.cat([weight, vectors[1].reshape(*lead, self.groups, self.rows, 1).to(weight.dtype)], -1)
 
     def from_view(self, view: Tensor, shapes: tuple[torch.Size, ...]) -> TensorList:
         """``(groups, rows, cols)`` → ``[weight, (bias)]`` of ``shapes``."""
@@ -125,7 +126,7 @@ def rotate_out(view: Tensor, left: Tensor | None, right: Tensor | None) -> Tenso
 def dense_kronecker(left: Tensor, right: Tensor) -> Tensor:
     """``(groups, r·c, r·c)``: L ⊗ R per group."""
     left, right = factor_dense(left), factor_dense(right)
-    return torch.stack([torch.kron(a, b) for a, b in zip(left, right)])
+    return torch.stack([torch.kron(a.contiguous(), b.contiguous()) for a, b in zip(left, right)])
 
 
 def scatter_groups(per_group: Tensor, index: Tensor, size: int) -> Tensor:

@@ -100,18 +100,30 @@ class LayerRule:
         structured estimators then give the module diagonal blocks)."""
         return None
 
-    def kronecker_chunks(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor | None
-    ) -> Iterator[tuple[Tensor, Tensor | None]]:
-        """Layer inputs and output gradients at every shared position, a few samples at a time.
+    def kronecker_inputs(self, module: nn.Module, call: LayerCall) -> Iterator[Tensor]:
+        """Layer inputs at every shared position, a few consecutive samples at a time.
 
         Yields:
-            ``a (b, groups, T, D)`` inputs (token ids ``(b, 1, T)``, −1 where no gradient flows, when
-            ``input_factor_diagonal``) and ``g (K, b, groups, T, rows)`` output gradients (None
-            when ``grad_output`` is None), such that the per-sample weight gradient of a group is
-            Σ_t g_t a_tᵀ.
+            ``a (b, groups, T, D)`` such that the per-sample weight gradient of a group is
+            Σ_t g_t a_tᵀ; token ids ``(b, 1, T)`` (−1 where no gradient flows) when
+            ``input_factor_diagonal``.
         """
         raise NotImplementedError(f"{type(self).__name__} has no Kronecker factorization")
+
+    def kronecker_grads(self, module: nn.Module, call: LayerCall, grad_output: Tensor) -> Tensor:
+        """Output gradients ``(K, B, groups, T, rows)`` at the positions of ``kronecker_inputs``."""
+        raise NotImplementedError(f"{type(self).__name__} has no Kronecker factorization")
+
+    def kronecker_pairs(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(a, g)`` chunks over the same samples: ``kronecker_inputs`` with the matching slice of
+        ``kronecker_grads``."""
+        grads = self.kronecker_grads(module, call, grad_output)
+        start = 0
+        for a in self.kronecker_inputs(module, call):
+            yield a, grads[:, start : start + a.shape[0]]
+            start += a.shape[0]
 
 
 def requested(names: Collection[str], module: nn.Module, name: str) -> bool:

@@ -55,19 +55,17 @@ class ConvRule(LayerRule):
             return None
         return KroneckerLayout(module.groups, module.out_channels // module.groups, requested(names, module, "bias"))
 
-    def kronecker_chunks(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor | None
-    ) -> Iterator[tuple[Tensor, Tensor | None]]:
-        """Yields ``u (b, groups, L, C/groups·Πk)`` patches and ``g (K, b, groups, L, O/groups)``."""
+    def kronecker_inputs(self, module: nn.Module, call: LayerCall) -> Iterator[Tensor]:
+        """Yields ``u (b, groups, L, C/groups·Πk)`` patches, ``UNFOLD_BYTES`` at a time."""
         x = call.input
         per_sample = x[0].numel() * math.prod(module.kernel_size) * x.element_size()
         for part in sample_chunks(x.shape[0], per_sample):
-            u = unfold_patches(module, x[part]).transpose(-1, -2)
-            if grad_output is None:
-                yield u, None
-                continue
-            g = grad_output[:, part].reshape(grad_output.shape[0], u.shape[0], module.groups, -1, u.shape[2])
-            yield u, g.transpose(-1, -2)
+            yield unfold_patches(module, x[part]).transpose(-1, -2)
+
+    def kronecker_grads(self, module: nn.Module, call: LayerCall, grad_output: Tensor) -> Tensor:
+        columns, batch = grad_output.shape[:2]
+        grads = grad_output.reshape(columns, batch, module.groups, module.out_channels // module.groups, -1)
+        return grads.transpose(-1, -2)
 
     def per_sample_grads(
         self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
@@ -77,7 +75,7 @@ class ConvRule(LayerRule):
         if requested(names, module, "weight"):
             parts = [
                 torch.einsum("kngto,ngti->kngoi", g, u.to(g.dtype))
-                for u, g in self.kronecker_chunks(module, call, grad_output)
+                for u, g in self.kronecker_pairs(module, call, grad_output)
             ]
             grads["weight"] = torch.cat(parts, 1).reshape(columns, batch, *module.weight.shape)
         if requested(names, module, "bias"):
@@ -91,7 +89,7 @@ class ConvRule(LayerRule):
             groups = module.groups
             weight = out["weight"].view(groups, module.out_channels // groups, -1)
             bias = out["bias"].view(groups, -1) if "bias" in out else None
-            for u, g in self.kronecker_chunks(module, call, grad_output):
+            for u, g in self.kronecker_pairs(module, call, grad_output):
                 for group in range(groups):
                     bias_out = bias[group] if bias is not None else None
                     sqgrad_accumulate(weight[group], g[:, :, group], u[:, group], bias_out=bias_out)

@@ -75,14 +75,11 @@ class EmbeddingRule(LayerRule):
     def kronecker_layout(self, module: nn.Module, names: Collection[str]) -> KroneckerLayout | None:
         return KroneckerLayout(1, module.num_embeddings, False) if requested(names, module, "weight") else None
 
-    def kronecker_chunks(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor | None
-    ) -> Iterator[tuple[Tensor, Tensor | None]]:
-        batch = call.input.shape[0]
-        tokens = call.input.reshape(batch, 1, -1)
+    def kronecker_inputs(self, module: nn.Module, call: LayerCall) -> Iterator[Tensor]:
+        tokens = call.input.reshape(call.input.shape[0], 1, -1)
         if module.padding_idx is not None:
             tokens = tokens.masked_fill(tokens == module.padding_idx, -1)
-        g = None
-        if grad_output is not None:
-            g = grad_output.reshape(grad_output.shape[0], batch, 1, -1, module.embedding_dim)
-        yield tokens, g
+        yield tokens
+
+    def kronecker_grads(self, module: nn.Module, call: LayerCall, grad_output: Tensor) -> Tensor:
+        return grad_output.reshape(*grad_output.shape[:2], 1, -1, module.embedding_dim)

@@ -47,9 +47,8 @@ class LinearRule(LayerRule):
             return None
         return KroneckerLayout(1, module.out_features, requested(names, module, "bias"))
 
-    def kronecker_chunks(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor | None
-    ) -> Iterator[tuple[Tensor, Tensor | None]]:
-        a = flatten_positions(call.input, 1, 1).unsqueeze(1)
-        g = None if grad_output is None else flatten_positions(grad_output, 2, 1).unsqueeze(2)
-        yield a, g
+    def kronecker_inputs(self, module: nn.Module, call: LayerCall) -> Iterator[Tensor]:
+        yield flatten_positions(call.input, 1, 1).unsqueeze(1)
+
+    def kronecker_grads(self, module: nn.Module, call: LayerCall, grad_output: Tensor) -> Tensor:
+        return flatten_positions(grad_output, 2, 1).unsqueeze(2)

@@ -1,0 +1,54 @@
+"""The matrix-free Fisher operator and its solvers against dense torch.func matrices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from oracles import TOLERANCES, brute_force_dense, dense_ggn, flatten
+from replay import replay_draws
+from torch import nn
+
+import fisherkit as fk
+
+TOL = TOLERANCES[torch.float64]
+
+
+def _model_and_data():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.LayerNorm(6), nn.Linear(6, 3)).double()
+    x = torch.randn(9, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (9,))
+    return model, x, y
+
+
+def test_exact_products_equal_the_dense_ggn():
+    model, x, _ = _model_and_data()
+    operator = fk.FisherOperator(model, x, batch_size=4)
+    torch.testing.assert_close(operator.to_dense(), dense_ggn(model, x, "categorical"), **TOL)
+
+
+@pytest.mark.parametrize("fisher_type", ["mc", "empirical"])
+def test_sampled_and_empirical_products_equal_the_per_sample_loop(fisher_type):
+    model, x, y = _model_and_data()
+    operator = fk.FisherOperator(model, (x, y), fisher_type=fisher_type, mc_samples=2, batch_size=4, seed=5)
+    sampled = replay_draws(model, x, "categorical", 5, 2, 4) if fisher_type == "mc" else None
+    expected = brute_force_dense(model, x, "categorical", fisher_type, y, sampled)
+    torch.testing.assert_close(operator.to_dense(), expected, **TOL)
+
+
+def test_solvers_match_dense_linear_algebra():
+    model, x, _ = _model_and_data()
+    operator = fk.FisherOperator(model, x)
+    dense = dense_ggn(model, x, "categorical")
+    eye = torch.eye(dense.shape[0], dtype=torch.float64)
+    v = [torch.randn(s, dtype=torch.float64) for s in operator.shapes]
+    solved = flatten(operator.solve(v, 0.1, tol=1e-10))
+    torch.testing.assert_close(solved, torch.linalg.solve(dense + 0.1 * eye, flatten(v)), rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(operator.quadratic(v), flatten(v) @ dense @ flatten(v), **TOL)
+    ritz = operator.eigenvalues(iterations=operator.dim)
+    torch.testing.assert_close(ritz[-1], torch.linalg.eigvalsh(dense)[-1], rtol=1e-8, atol=1e-10)
+    estimate, error = operator.trace(probes=400, seed=1)
+    assert float(error) > 0
+    assert abs(float(estimate - torch.trace(dense))) < 4 * float(error)
+    with pytest.raises(ValueError, match="did not reach"):
+        operator.solve(v, 0.1, tol=1e-12, max_iter=2)
