@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bench_diagonal import fisherkit_diagonal, forward_backward
+from bench_diagonal import fisherkit_diagonal
+from harness import forward_backward
 from workloads import make_workload
 
 import fisherkit as fk
