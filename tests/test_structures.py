@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from oracles import TOLERANCES, brute_force_dense
+from oracles import TOLERANCES, brute_force_dense, flatten
 from replay import replay_draws
 from torch import nn
 from torch.nn import functional
@@ -239,3 +239,32 @@ def test_structured_estimators_refuse_what_they_cannot_do():
         fk.kfac_fisher(tied, torch.randn(4, 3))
     with pytest.raises(fk.UnsupportedModelError, match="fallback=True"):
         fk.kfac_fisher(nn.Sequential(nn.Linear(3, 3), nn.PReLU()), torch.randn(4, 3))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_kfac_and_ekfac_relations_hold_on_every_model(case):
+    """On any model (exact Fisher): KFAC-reduce's output factor G of a layer with a bias is that bias's
+    true Fisher block (per group), its input factor's bias corner is 1, diagonal blocks are the true
+    diagonal, and EKFAC's eigenvalues are the true Fisher's diagonal in its eigenbasis."""
+    model, inputs, targets = build_case(case)
+    data = (inputs, targets)
+    options = {"likelihood": case.likelihood, "fisher_type": "exact", "fallback": case.fallback}
+    kfac = fk.kfac_fisher(model, data, approximation="reduce", **options)
+    ekfac = fk.ekfac_fisher(model, data, **options)
+    dense = oracle(model, inputs, targets, case.likelihood, "exact")
+    checked = 0
+    for block in kfac.blocks:
+        if isinstance(block, fk.DiagonalBlock):
+            index = block_index(model, block.names)
+            torch.testing.assert_close(flatten(block.diagonal()), torch.diagonal(dense)[index], **TOL)
+        elif block.has_bias:
+            bias = block_index(model, block.names[1:]).reshape(block.groups, block.rows)
+            for group, own in enumerate(bias):
+                torch.testing.assert_close(block.left[group], dense[own.unsqueeze(1), own.unsqueeze(0)], **TOL)
+                torch.testing.assert_close(block.right[group, -1, -1], torch.tensor(1.0, dtype=torch.float64), **TOL)
+            checked += 1
+    for block in ekfac.blocks:
+        if isinstance(block, fk.EigenKroneckerBlock):
+            _assert_scaling_is_diagonal_in_basis(block, model, dense)
+            checked += 1
+    assert checked > 0
