@@ -1,20 +1,38 @@
-"""The ``fisherkit`` command: ``fisherkit demo`` and ``fisherkit env``."""
+"""The ``fisherkit`` command: ``demo`` (the main job), ``cl``, ``fisher-types`` and ``env``."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fisherkit", description="The Fisher information of PyTorch models.")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="the three Fisher types on scikit-learn's digits (CPU, seconds)")
-    demo.add_argument("--epochs", type=int, default=5)
-    demo.add_argument("--mc-samples", type=int, default=1)
-    demo.add_argument("--seed", type=int, default=0)
+    demo = commands.add_parser(
+        "demo", help="continual learning on the bundled digits: naive, EWC, online EWC, SI, MAS, joint (CPU, ~1 min)"
+    )
+    demo.add_argument("--epochs", type=int, default=10)
+    demo.add_argument("--seeds", type=int, default=3)
+    demo.add_argument("--plot", type=Path, help="PNG path; writes <stem>-accuracy.png and <stem>-fisher.png")
+    from fisherkit.continual.command import add_arguments
+
+    add_arguments(commands.add_parser("cl", help="run continual-learning methods through a scenario"))
+    types = commands.add_parser("fisher-types", help="the three Fisher types on scikit-learn's digits (seconds)")
+    types.add_argument("--epochs", type=int, default=5)
+    types.add_argument("--mc-samples", type=int, default=1)
+    types.add_argument("--seed", type=int, default=0)
     commands.add_parser("env", help="report torch, CUDA, Triton and compiled-extension status")
     args = parser.parse_args(argv)
     if args.command == "demo":
+        from fisherkit.continual.demo import run_demo
+
+        print(run_demo(epochs=args.epochs, seeds=args.seeds, plot=args.plot))
+    elif args.command == "cl":
+        from fisherkit.continual.command import run
+
+        print(run(args))
+    elif args.command == "fisher-types":
         from fisherkit.demo import run
 
         print(run(epochs=args.epochs, mc_samples=args.mc_samples, seed=args.seed))

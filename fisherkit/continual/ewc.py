@@ -1,0 +1,126 @@
+"""Elastic weight consolidation (Kirkpatrick et al. 2017), separate and online (Schwarz et al. 2018),
+on any Fisher structure (KFAC: Ritter et al. 2018) and any Fisher type."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from fisherkit.continual.regularizer import Regularizer, check_anchor, check_state_names
+from fisherkit.curvature import Curvature
+from fisherkit.estimators import block_fisher, diagonal_fisher, ekfac_fisher, kfac_fisher
+
+ESTIMATORS = {"diagonal": diagonal_fisher, "kfac": kfac_fisher, "ekfac": ekfac_fisher, "block": block_fisher}
+MODES = ("separate", "online")
+
+
+class EWC(Regularizer):
+    """Penalty λ/2 · Σ_terms (θ − θ*)ᵀ F (θ − θ*), evaluated by each representation's blocks.
+
+    ``end_task(data)`` estimates the Fisher at the trained θ* with ``fisherkit``'s estimators
+    (per-sample mean; the true Fisher by default, not the empirical one) and stores (θ*, F):
+
+    - ``mode="separate"``: one pair per task (the penalty sums over tasks);
+    - ``mode="online"``: one anchor, the latest θ*, and F ← γ·F + F_new (``decay`` = γ).
+
+    Parameters added after a task (a new head) are not penalized until a later consolidation
+    covers them; a parameter that changed shape is an error.
+
+    Args:
+        model: The model being trained.
+        strength: λ ≥ 0.
+        mode: ``"separate"`` or ``"online"``.
+        decay: γ ∈ [0, 1] for ``"online"``.
+        structure: ``"diagonal"``, ``"kfac"``, ``"ekfac"`` or ``"block"``.
+        fisher_type: ``"mc"`` (default), ``"exact"`` or ``"empirical"``.
+        **estimator_options: Passed to the estimator (``likelihood``, ``mc_samples``, ``seed``,
+            ``batch_size``, ``engine``, ``fallback``, ``approximation`` …).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        strength: float,
+        mode: str = "separate",
+        decay: float = 1.0,
+        structure: str = "diagonal",
+        fisher_type: str = "mc",
+        **estimator_options: Any,
+    ) -> None:
+        super().__init__(model, strength)
+        if mode not in MODES:
+            raise ValueError(f"unknown EWC mode {mode!r}; choose one of {MODES}.")
+        if structure not in ESTIMATORS:
+            raise ValueError(f"unknown Fisher structure {structure!r}; choose one of {tuple(ESTIMATORS)}.")
+        if not 0.0 <= float(decay) <= 1.0:
+            raise ValueError(f"online EWC's decay γ must lie in [0, 1]; got {decay}.")
+        self.mode, self.decay, self.structure = mode, float(decay), structure
+        self.fisher_type = fisher_type
+        self.estimator_options = {"progress": False, **estimator_options}
+        self.anchors: list[dict[str, Tensor]] = []
+        self.fishers: list[list[Curvature]] = []  # per anchor: Fisher terms sharing it
+
+    def end_task(self, data: Any) -> None:
+        """Estimates the Fisher at the current parameters and consolidates it."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            fisher = ESTIMATORS[self.structure](
+                self.model, data, fisher_type=self.fisher_type, **self.estimator_options
+            )
+        finally:
+            self.model.train(was_training)
+        named = dict(self.model.named_parameters())
+        anchor = {n: named[n].detach().clone() for n in fisher.names}
+        if self.mode == "separate" or not self.anchors:
+            self.anchors.append(anchor)
+            self.fishers.append([fisher])
+            return
+        previous = [f * self.decay for f in self.fishers[0]]
+        last = previous[-1]
+        if (last.names, [b.names for b in last.blocks]) == (fisher.names, [b.names for b in fisher.blocks]):
+            previous[-1] = last + fisher
+        else:  # a parameter set that changed (a new head): keep the terms apart, same anchor
+            previous.append(fisher)
+        self.anchors[0] = {**self.anchors[0], **anchor}
+        self.fishers[0] = previous
+
+    def penalty_terms(self) -> dict[str, Tensor]:
+        terms: dict[str, Tensor] = {}
+        for anchor, fishers in zip(self.anchors, self.fishers):
+            now = self.parameters_now(list(anchor))
+            for name, parameter in now.items():
+                check_anchor("EWC", name, parameter, anchor[name])
+            for fisher in fishers:
+                for block in fisher.blocks:
+                    difference = [now[n] - anchor[n] for n in block.names]
+                    value = sum((d * f).sum() for d, f in zip(difference, block.mv(difference)))
+                    key = block.label
+                    terms[key] = terms[key] + value if key in terms else value
+        return {key: 0.5 * self.strength * value for key, value in terms.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "EWC",
+            "mode": self.mode,
+            "structure": self.structure,
+            "strength": self.strength,
+            "decay": self.decay,
+            "shapes": {n: list(a.shape) for anchor in self.anchors for n, a in anchor.items()},
+            "anchors": [{n: a.clone() for n, a in anchor.items()} for anchor in self.anchors],
+            "fishers": [[f.state_dict() for f in fishers] for fishers in self.fishers],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("kind") != "EWC" or (state["mode"], state["structure"]) != (self.mode, self.structure):
+            raise ValueError(
+                f"state dict of {state.get('kind')} ({state.get('mode')}, {state.get('structure')}) cannot be "
+                f"loaded into EWC ({self.mode}, {self.structure})."
+            )
+        check_state_names("EWC", state, self.model)
+        device = next(self.model.parameters()).device
+        self.strength, self.decay = float(state["strength"]), float(state["decay"])
+        self.anchors = [{n: a.to(device) for n, a in anchor.items()} for anchor in state["anchors"]]
+        self.fishers = [[Curvature.from_state_dict(s).to(device) for s in fishers] for fishers in state["fishers"]]

@@ -1,0 +1,90 @@
+"""Memory aware synapses (Aljundi et al. 2018): importance from the sensitivity of the output norm."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from fisherkit.continual.regularizer import Regularizer, check_state_names, cloned
+from fisherkit.estimators.common import DEFAULT_MEMORY_BUDGET, Estimation, check_count, choose_engine
+
+
+class MAS(Regularizer):
+    """Penalty λ · Σ_k Ω_k (θ_k − θ*_k)², Ω += (1/N) Σ_n |∇_θ ‖f(x_n)‖²| at the end of each task.
+
+    The per-sample gradients come from fisherkit's engines (columns s = 2 f, one per sample), so
+    every layer with a rule is supported and no labels are needed. The anchor θ* is the latest
+    end-of-task parameters.
+
+    Args:
+        model: The model being trained.
+        strength: λ ≥ 0.
+        batch_size: Rows per batch when the data are tensors.
+        engine, fallback, memory_budget: As in ``diagonal_fisher``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        strength: float,
+        batch_size: int = 256,
+        engine: str = "auto",
+        fallback: bool = False,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    ) -> None:
+        super().__init__(model, strength)
+        self.batch_size, self.engine, self.fallback, self.memory_budget = batch_size, engine, fallback, memory_budget
+        self.importance: dict[str, Tensor] = {}
+        self.anchor: dict[str, Tensor] = {}
+
+    def end_task(self, data: Any) -> None:
+        """Adds this task's importance (inputs of ``data``; labels are ignored) and moves the anchor."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            job = Estimation.start(
+                self.model, "gaussian", "exact", 1, self.fallback, self.batch_size, None, None, False
+            )
+            engine = choose_engine(self.engine, self.model, job.plan, self.memory_budget)
+            sums = {name: job.accumulator(p.shape) for name, p in job.parameters.items()}
+
+            def add_magnitudes(grads: dict[str, Tensor]) -> None:
+                for name, g in grads.items():
+                    sums[name].add_(g.abs().sum(0).to(sums[name].dtype))
+
+            count = 0
+            for inputs, _ in job.batches(data, "MAS importance"):
+                count += engine.per_sample_grads(
+                    inputs, lambda output: 2 * output.detach().unsqueeze(0), add_magnitudes
+                )
+            check_count(count)
+        finally:
+            self.model.train(was_training)
+        params = job.parameters
+        for name, total in sums.items():
+            update = total / count
+            self.importance[name] = self.importance[name] + update if name in self.importance else update
+            self.anchor[name] = params[name].detach().clone()
+
+    def penalty_terms(self) -> dict[str, Tensor]:
+        return self.weighted_squares(self.importance, self.anchor)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "MAS",
+            "strength": self.strength,
+            "shapes": {n: list(v.shape) for n, v in self.anchor.items()},
+            "importance": cloned(self.importance),
+            "anchor": cloned(self.anchor),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("kind") != "MAS":
+            raise ValueError(f"state dict of {state.get('kind')} cannot be loaded into MAS.")
+        check_state_names("MAS", state, self.model)
+        device = next(self.model.parameters()).device
+        self.strength = float(state["strength"])
+        self.importance = cloned(state["importance"], device)
+        self.anchor = cloned(state["anchor"], device)

@@ -1,0 +1,108 @@
+"""What every continual-learning regularizer shares: the task protocol, the penalty and its breakdown."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class Regularizer(ABC):
+    """A penalty that keeps a model near what earlier tasks needed.
+
+    The protocol, per task: ``begin_task(optimizer)`` before training it, ``penalty()`` added to
+    the loss at every step, ``end_task(data)`` after training it. Before the first ``end_task`` the
+    penalty is zero (there is nothing to remember yet).
+
+    Args:
+        model: The model being trained (the regularizer reads its parameters by name).
+        strength: The penalty weight (λ or c), ≥ 0.
+    """
+
+    def __init__(self, model: nn.Module, strength: float) -> None:
+        strength = float(strength)
+        if not strength >= 0:
+            raise ValueError(f"{type(self).__name__}: the penalty strength must be >= 0; got {strength}.")
+        self.model = model
+        self.strength = strength
+
+    def begin_task(self, optimizer: torch.optim.Optimizer) -> None:  # noqa: B027 (a no-op unless overridden)
+        """Called before training a task with ``optimizer``."""
+
+    @abstractmethod
+    def end_task(self, data: Any) -> None:
+        """Called after training a task; ``data`` are that task's training batches."""
+
+    @abstractmethod
+    def penalty_terms(self) -> dict[str, Tensor]:
+        """The penalty split by parameter group (a layer or a Fisher block), each a 0-dim tensor
+        that carries gradients to the parameters; empty before the first ``end_task``."""
+
+    def penalty(self) -> Tensor:
+        """The total penalty to add to the loss (0 before the first consolidation)."""
+        terms = self.penalty_terms()
+        if not terms:
+            return next(self.model.parameters()).new_zeros(())
+        return sum(terms.values())
+
+    def breakdown(self) -> dict[str, float]:
+        """The penalty per parameter group, as numbers (diagnostics)."""
+        with torch.no_grad():
+            return {name: float(value) for name, value in self.penalty_terms().items()}
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume between or inside tasks."""
+
+    @abstractmethod
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores ``state_dict()``; refuses a state saved for another model."""
+
+    def weighted_squares(self, importance: Mapping[str, Tensor], anchor: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """{name: strength · Σ Ω (θ − θ*)²} for the parameters with an importance (SI, MAS)."""
+        params = self.parameters_now(list(importance))
+        for name, parameter in params.items():
+            check_anchor(type(self).__name__, name, parameter, anchor[name])
+        return {n: self.strength * (importance[n] * (p - anchor[n]).square()).sum() for n, p in params.items()}
+
+    def parameters_now(self, names: list[str] | tuple[str, ...]) -> dict[str, Tensor]:
+        """The model's current parameters ``names``, checked against the shapes they had when stored.
+
+        Raises:
+            ValueError: A parameter is gone.
+        """
+        named = dict(self.model.named_parameters())
+        missing = [n for n in names if n not in named]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__}: parameters {missing} were consolidated but the model no longer has them."
+            )
+        return {n: named[n] for n in names}
+
+
+def cloned(values: Mapping[str, Tensor], device: torch.device | None = None) -> dict[str, Tensor]:
+    """Copies of named tensors (moved to ``device`` when given)."""
+    return {n: (v if device is None else v.to(device)).clone() for n, v in values.items()}
+
+
+def check_anchor(owner: str, name: str, parameter: Tensor, anchor: Tensor) -> None:
+    """Raises ``ValueError`` when a parameter changed shape since it was consolidated."""
+    if parameter.shape != anchor.shape:
+        raise ValueError(
+            f"{owner}: parameter {name!r} has shape {tuple(parameter.shape)} but was consolidated with "
+            f"shape {tuple(anchor.shape)}; the model changed since the last task."
+        )
+
+
+def check_state_names(owner: str, state: Mapping[str, Any], model: nn.Module) -> None:
+    """Raises ``ValueError`` when a state mentions parameters the model does not have (with those shapes)."""
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    for name, shape in state.get("shapes", {}).items():
+        if shapes.get(name) != tuple(shape):
+            raise ValueError(
+                f"{owner}: the state dict was saved for a model with parameter {name!r} of shape "
+                f"{tuple(shape)}; this model has {shapes.get(name, 'no such parameter')}."
+            )
