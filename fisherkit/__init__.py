@@ -24,6 +24,7 @@ from fisherkit.estimators import (
 )
 from fisherkit.likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
 from fisherkit.matrix_free import FisherOperator
+from fisherkit.optim import NGD, NGDPreconditioner
 from fisherkit.plan import UnsupportedModelError, explain
 from fisherkit.rules import LayerCall, LayerRule, TorchFuncRule, register_rule
 
@@ -43,6 +44,8 @@ __all__ = [
     "FisherOperator",
     "Gaussian",
     "KroneckerBlock",
+    "NGD",
+    "NGDPreconditioner",
     "LayerCall",
     "LayerRule",
     "Likelihood",

@@ -15,6 +15,15 @@ import fisherkit as fk
 ESTIMATORS = (fk.diagonal_fisher, fk.kfac_fisher, fk.ekfac_fisher, fk.block_fisher, fk.full_fisher)
 
 
+def ngd_statistics(model: nn.Module, x: torch.Tensor) -> fk.Curvature:
+    """The KFAC statistics an NGD preconditioner gathers from one batch (all-reduced across ranks)."""
+    preconditioner = fk.NGDPreconditioner(model, curvature="kfac", fisher_type="exact")
+    model(x)
+    preconditioner.update_statistics()
+    preconditioner.remove()
+    return preconditioner.fisher
+
+
 def model_and_data():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
@@ -35,6 +44,7 @@ def run(rank: int, world: int, port: str, path: str) -> None:
         for t in ("exact", "empirical")
     }
     results[("FisherOperator", "exact")] = fk.FisherOperator(model, data).to_dense()
+    results[("NGDPreconditioner", "exact")] = ngd_statistics(model, x[shard]).state_dict()
     if rank == 0:
         torch.save(results, path)
     dist.destroy_process_group()

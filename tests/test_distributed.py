@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import torch
-from distributed_worker import ESTIMATORS, model_and_data
+from distributed_worker import ESTIMATORS, model_and_data, ngd_statistics
 from oracles import TOLERANCES
 
 import fisherkit as fk
@@ -28,6 +28,12 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     model, x, y = model_and_data()
     estimators = {e.__name__: e for e in ESTIMATORS}
     for (name, fisher_type), state in distributed.items():
+        if name == "NGDPreconditioner":
+            expected = ngd_statistics(model, x).to_dense()
+            torch.testing.assert_close(
+                fk.Curvature.from_state_dict(state).to_dense(), expected, **TOLERANCES[torch.float64]
+            )
+            continue
         if name == "FisherOperator":
             single = fk.FisherOperator(model, (x, y)).to_dense()
             torch.testing.assert_close(state, single, **TOLERANCES[torch.float64])
@@ -36,4 +42,4 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
         got = fk.Curvature.from_state_dict(state)
         assert [type(b) for b in got.blocks] == [type(b) for b in single.blocks]
         torch.testing.assert_close(got.to_dense(), single.to_dense(), **TOLERANCES[torch.float64], msg=name)
-    assert len(distributed) == 2 * len(ESTIMATORS) + 1
+    assert len(distributed) == 2 * len(ESTIMATORS) + 2

@@ -1,0 +1,6 @@
+"""Natural-gradient optimization with fisherkit's Fisher representations."""
+
+from fisherkit.optim.ngd import NGD
+from fisherkit.optim.preconditioner import CURVATURES, NGDPreconditioner
+
+__all__ = ["CURVATURES", "NGD", "NGDPreconditioner"]

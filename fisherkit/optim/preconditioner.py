@@ -1,0 +1,206 @@
+"""The natural-gradient preconditioner: Fisher statistics from the training batches, their moving
+average, damped inverses, and ∇ ← (F + λI)⁻¹ ∇ on the parameters' ``.grad``."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fisherkit.curvature import Curvature
+from fisherkit.estimators import block_fisher, diagonal_fisher, ekfac_fisher, kfac_fisher
+from fisherkit.estimators.common import prepare_plan
+from fisherkit.likelihoods import Likelihood
+from fisherkit.plan import UnsupportedModelError
+
+CURVATURES = {"diagonal": diagonal_fisher, "kfac": kfac_fisher, "ekfac": ekfac_fisher, "block": block_fisher}
+Schedule = float | Callable[[int], float]
+
+
+def value_at(schedule: Schedule, step: int) -> float:
+    """A hyperparameter that may be a number or a function of the step."""
+    return float(schedule(step)) if callable(schedule) else float(schedule)
+
+
+class NGDPreconditioner:
+    """Rewrites gradients to (F + λI)⁻¹ ∇ with a Fisher F estimated from the training batches.
+
+    It records the inputs of every forward of ``model`` (a forward pre-hook), and on statistics
+    steps estimates the Fisher of the last batch itself — for the true Fisher it samples labels
+    from the model's own predictions and runs the extra backward, so the training loop is just
+    ``loss.backward(); preconditioner.precondition()`` (or the ``NGD`` optimizer). Statistics are
+    averaged, F ← β F + (1 − β) F_batch (``ema_`` of the representation); inverses are recomputed
+    every ``inverse_every`` steps.
+
+    Args:
+        model: The model; its trainable parameters are preconditioned.
+        curvature: ``"diagonal"``, ``"kfac"``, ``"ekfac"`` or ``"block"``.
+        fisher_type: ``"mc"`` (true Fisher, default), ``"exact"`` or ``"empirical"`` (needs
+            ``targets`` passed to ``precondition``).
+        likelihood: ``"categorical"``, ``"gaussian"``, ``"bernoulli"`` or a ``Likelihood``.
+        damping: λ > 0 (Tikhonov; π-damped for Kronecker blocks when ``pi_damping``), a number or a
+            function of the step.
+        ema_decay: β ∈ [0, 1) for the statistics (0 keeps only the latest batch).
+        stats_every: Steps between statistics updates.
+        inverse_every: Steps between inverse recomputations.
+        pi_damping: Factored damping for Kronecker blocks (cheaper inverse: two matrix products).
+        mc_samples: Label draws per sample for ``"mc"``.
+        seed: Seeds the label draws.
+        fallback: As in the estimators.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        curvature: str = "kfac",
+        fisher_type: str = "mc",
+        likelihood: str | Likelihood = "categorical",
+        damping: Schedule = 1e-3,
+        ema_decay: float = 0.95,
+        stats_every: int = 10,
+        inverse_every: int = 10,
+        pi_damping: bool = True,
+        mc_samples: int = 1,
+        seed: int | None = None,
+        fallback: bool = False,
+    ) -> None:
+        if curvature not in CURVATURES:
+            raise ValueError(f"unknown curvature {curvature!r}; choose one of {tuple(CURVATURES)}.")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1); got {ema_decay}.")
+        if stats_every < 1 or inverse_every < 1:
+            raise ValueError("stats_every and inverse_every must be positive integers.")
+        plan = prepare_plan(model, fallback)
+        if curvature in ("kfac", "ekfac"):
+            if plan.tied:
+                raise UnsupportedModelError(f"parameters {plan.tied} are tied; use curvature='diagonal' or 'block'.")
+            plan.require_layerwise()
+        elif curvature == "diagonal" and not plan.tied:
+            plan.require_layerwise()
+        self.model = model
+        self.names = list(plan.names)
+        self.curvature, self.fisher_type, self.likelihood = curvature, fisher_type, likelihood
+        self.damping, self.ema_decay, self.pi_damping = damping, ema_decay, pi_damping
+        self.stats_every, self.inverse_every = stats_every, inverse_every
+        self.options = {"mc_samples": mc_samples, "fallback": fallback, "progress": False}
+        device = next(model.parameters()).device
+        self.generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+        self.steps = 0
+        self.skipped: list[str] = []
+        self.fisher: Curvature | None = None
+        self.inverse: Curvature | None = None
+        self._inputs: Any = None
+        self._hook = model.register_forward_pre_hook(self._record_inputs, with_kwargs=True)
+
+    def _record_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if kwargs:
+            raise TypeError("NGD records positional model inputs only; call the model as model(x) or model(*xs).")
+        if module.training or self._inputs is None:
+            inputs = [a.detach() for a in args]
+            self._inputs = inputs[0] if len(inputs) == 1 else inputs
+
+    def remove(self) -> None:
+        """Detaches the input hook from the model."""
+        self._hook.remove()
+
+    @property
+    def parameters(self) -> dict[str, nn.Parameter]:
+        named = dict(self.model.named_parameters())
+        return {n: named[n] for n in self.names}
+
+    def update_statistics(self, targets: Tensor | None = None) -> bool:
+        """Estimates the Fisher on the last recorded batch and folds it into the average.
+
+        Returns:
+            False (with a warning, statistics unchanged) when the estimate was not finite.
+        """
+        if self._inputs is None:
+            raise ValueError("no forward pass was recorded: run the model on a batch before stepping.")
+        if self.fisher_type == "empirical" and targets is None:
+            raise ValueError("fisher_type='empirical' needs the batch's labels: pass targets=y to step().")
+        estimator = CURVATURES[self.curvature]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            batch = [(self._inputs, targets)]
+            estimate = estimator(
+                self.model, batch, self.likelihood, self.fisher_type, generator=self.generator, **self.options
+            )
+        except ValueError as error:
+            if "NaN or Inf" not in str(error):
+                raise
+            self.skipped.append(f"step {self.steps}: {error}")
+            warnings.warn(f"NGD skipped a statistics update: {error}", RuntimeWarning, stacklevel=3)
+            return False
+        finally:
+            self.model.train(was_training)
+        if self.fisher is None:
+            self.fisher = estimate
+        else:
+            self.fisher.ema_(estimate, self.ema_decay)
+        return True
+
+    def precondition(self, targets: Tensor | None = None) -> dict[str, Tensor] | None:
+        """Replaces every ``.grad`` by (F + λI)⁻¹ ``.grad`` and returns the preconditioned gradients
+        (None and gradients untouched when the step is skipped: non-finite statistics before any
+        estimate, or a non-finite preconditioned gradient)."""
+        step = self.steps
+        if step % self.stats_every == 0 or self.fisher is None:
+            self.update_statistics(targets)
+        self.steps += 1
+        if self.fisher is None:
+            return None
+        if self.inverse is None or step % self.inverse_every == 0:
+            self.inverse = self.fisher.inverse(value_at(self.damping, step), self.pi_damping)
+        params = self.parameters
+        grads = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in params.items()}
+        natural = dict(zip(self.names, self.inverse.mv([grads[n] for n in self.names])))
+        if not all(bool(torch.isfinite(g).all()) for g in natural.values()):
+            self.skipped.append(f"step {step}: non-finite preconditioned gradient")
+            message = "NGD skipped a step: the preconditioned gradient is not finite."
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            return None
+        for name, parameter in params.items():
+            parameter.grad = natural[name].to(parameter.dtype)
+        return natural
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "names": list(self.names),
+            "shapes": [list(p.shape) for p in self.parameters.values()],
+            "fisher": None if self.fisher is None else self.fisher.state_dict(),
+            "inverse": None if self.inverse is None else self.inverse.state_dict(),
+            "generator": None if self.generator is None else self.generator.get_state(),
+            "skipped": list(self.skipped),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        shapes = [list(p.shape) for p in self.parameters.values()]
+        if (list(state["names"]), [list(s) for s in state["shapes"]]) != (self.names, shapes):
+            raise ValueError(
+                f"NGD state of parameters {list(zip(state['names'], state['shapes']))} cannot be loaded for "
+                f"parameters {list(zip(self.names, shapes))}."
+            )
+        self.steps = int(state["steps"])
+        device = next(self.model.parameters()).device
+
+        def restored(key: str) -> Curvature | None:
+            return None if state[key] is None else Curvature.from_state_dict(state[key]).to(device)
+
+        self.fisher, self.inverse = restored("fisher"), restored("inverse")
+        if state["generator"] is not None and self.generator is not None:
+            self.generator.set_state(state["generator"])
+        self.skipped = list(state["skipped"])
+
+
+def kl_clip_factor(natural: dict[str, Tensor], grads: dict[str, Tensor], lr: float, kl_clip: float) -> float:
+    """ν = min(1, √(κ / (η² Σ ĝᵀ g))): scales the step so its predicted KL change stays below κ."""
+    quadratic = sum(float((natural[n] * grads[n]).sum()) for n in natural)
+    if quadratic <= 0:
+        return 1.0
+    return min(1.0, math.sqrt(kl_clip / (lr**2 * quadratic)))

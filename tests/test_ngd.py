@@ -1,0 +1,195 @@
+"""The NGD optimizer and preconditioner: closed forms, invariance, resume, schedules and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import fisherkit as fk
+
+F64 = torch.float64
+
+
+def _regression(seed: int = 0, scale: torch.Tensor | None = None):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(20, 3, generator=g, dtype=F64)
+    y = x @ torch.tensor([[1.5], [-2.0], [0.5]], dtype=F64) + 0.3 + 0.1 * torch.randn(20, 1, generator=g, dtype=F64)
+    return (x if scale is None else x * scale), y
+
+
+def _exact_ngd(model: nn.Module, curvature: str, lr: float = 1.0) -> fk.NGD:
+    return fk.NGD(
+        model, lr=lr, curvature=curvature, fisher_type="exact", likelihood="gaussian", damping=0.0,
+        ema_decay=0.0, stats_every=1, inverse_every=1, pi_damping=False,
+    )  # fmt: skip
+
+
+def _gaussian_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    optimizer.zero_grad()
+    (0.5 * (model(x) - y).square().sum(1).mean()).backward()  # per-sample-mean Gaussian NLL, variance 1
+    optimizer.step()
+
+
+@pytest.mark.parametrize("curvature", ["kfac", "block"])
+def test_one_exact_ngd_step_with_lr_1_solves_linear_least_squares(curvature):
+    x, y = _regression()
+    torch.manual_seed(1)
+    model = nn.Linear(3, 1).double()
+    _gaussian_step(model, _exact_ngd(model, curvature), x, y)
+    design = torch.cat([x, torch.ones(20, 1, dtype=F64)], 1)
+    solution = torch.linalg.lstsq(design, y).solution.reshape(-1)
+    got = torch.cat([model.weight.detach().reshape(-1), model.bias.detach()])
+    torch.testing.assert_close(got, solution, rtol=1e-8, atol=1e-10)
+
+
+def test_exact_ngd_is_invariant_to_rescaling_the_inputs():
+    scale = torch.tensor([2.0, 0.5, 3.0], dtype=F64)
+    x, y = _regression()
+    x_scaled, _ = _regression(scale=scale)
+    torch.manual_seed(1)
+    model = nn.Linear(3, 1).double()
+    scaled = nn.Linear(3, 1).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.3, -0.1, 0.2]], dtype=F64))
+        scaled.weight.copy_(model.weight / scale)  # the same function of the unscaled inputs
+        scaled.bias.copy_(model.bias)
+    first, second = _exact_ngd(model, "block", lr=0.3), _exact_ngd(scaled, "block", lr=0.3)
+    for _ in range(4):
+        _gaussian_step(model, first, x, y)
+        _gaussian_step(scaled, second, x_scaled, y)
+        torch.testing.assert_close(scaled(x_scaled), model(x), rtol=1e-9, atol=1e-11)
+    sgd_model, sgd_scaled = nn.Linear(3, 1).double(), nn.Linear(3, 1).double()
+    with torch.no_grad():
+        sgd_model.weight.copy_(model.weight.new_tensor([[0.3, -0.1, 0.2]]))
+        sgd_scaled.weight.copy_(sgd_model.weight / scale)
+        sgd_scaled.bias.copy_(sgd_model.bias)
+    _gaussian_step(sgd_model, torch.optim.SGD(sgd_model.parameters(), lr=0.3), x, y)
+    _gaussian_step(sgd_scaled, torch.optim.SGD(sgd_scaled.parameters(), lr=0.3), x_scaled, y)
+    assert not torch.allclose(sgd_scaled(x_scaled), sgd_model(x))  # plain gradient descent is not invariant
+
+
+def _classifier(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    g = torch.Generator().manual_seed(3)
+    return model, torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)
+
+
+def _train(model, optimizer, x, y, steps: int, scheduler=None) -> None:
+    for step in range(steps):
+        batch = slice(8 * (step % 4), 8 * (step % 4) + 8)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+@pytest.mark.parametrize("curvature", ["diagonal", "kfac", "ekfac", "block"])
+def test_a_run_resumed_from_state_dicts_is_identical(curvature, tmp_path):
+    def fresh():
+        model, x, y = _classifier()
+        options = {"curvature": curvature, "damping": 0.1, "stats_every": 2, "inverse_every": 3, "seed": 5}
+        return model, fk.NGD(model, lr=0.05, momentum=0.9, **options), x, y
+
+    model, optimizer, x, y = fresh()
+    _train(model, optimizer, x, y, 7)
+    expected = [p.detach().clone() for p in model.parameters()]
+    model, optimizer, x, y = fresh()
+    _train(model, optimizer, x, y, 4)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "c.pt")
+    checkpoint = torch.load(tmp_path / "c.pt", weights_only=False)
+    model, optimizer, x, y = fresh()
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    for step in range(4, 7):  # continue with the same batches
+        batch = slice(8 * (step % 4), 8 * (step % 4) + 8)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+        optimizer.step()
+    for got, want in zip(model.parameters(), expected):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_learning_rate_schedulers_and_callable_damping_apply():
+    model, x, y = _classifier()
+    optimizer = fk.NGD(model, lr=0.1, damping=lambda step: 0.1 / (1 + step))
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    _train(model, optimizer, x, y, 4, scheduler)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
+
+
+def test_preconditioner_rewrites_gradients_for_another_optimizer():
+    model, x, y = _classifier()
+    preconditioner = fk.NGDPreconditioner(model, curvature="kfac", damping=0.1, stats_every=1, seed=0)
+    adam = torch.optim.Adam(model.parameters(), lr=1e-3)
+    adam.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    raw = [p.grad.clone() for p in model.parameters()]
+    preconditioner.precondition()
+    expected = preconditioner.fisher.solve(raw, 0.1, pi_damping=True)
+    for p, want in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.grad, want)
+    adam.step()
+
+
+def test_kl_clipping_scales_the_step():
+    def step(kl_clip):
+        model, x, y = _classifier()
+        optimizer = fk.NGD(model, lr=0.5, kl_clip=kl_clip, damping=0.1, seed=0)
+        before = [p.detach().clone() for p in model.parameters()]
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        raw = {n: p.grad.clone() for n, p in model.named_parameters()}
+        optimizer.step()
+        change = [p.detach() - b for p, b in zip(model.parameters(), before)]
+        return change, raw
+
+    free, raw = step(None)
+    clipped, _ = step(1e-4)
+    natural = {n: -c / 0.5 for n, c in zip(raw, free)}
+    quadratic = sum(float((natural[n] * raw[n]).sum()) for n in raw)
+    factor = min(1.0, (1e-4 / (0.25 * quadratic)) ** 0.5)
+    assert factor < 1
+    for a, b in zip(clipped, free):
+        torch.testing.assert_close(a, factor * b, rtol=1e-4, atol=1e-7)
+
+
+def test_non_finite_statistics_are_skipped_and_never_reach_the_weights():
+    model, x, y = _classifier()
+    optimizer = fk.NGD(model, lr=0.1, damping=0.1, stats_every=1, seed=0)
+    _train(model, optimizer, x, y, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    poisoned = x[:8].clone()
+    poisoned[0, 0] = float("nan")
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(poisoned), y[:8]).backward()
+    with pytest.warns(RuntimeWarning, match="NGD skipped"):
+        optimizer.step()
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p.detach(), b)
+    assert optimizer.preconditioner.skipped
+
+
+def test_bad_input_is_refused_clearly():
+    with pytest.raises(fk.UnsupportedModelError, match="PReLU"):
+        fk.NGD(nn.Sequential(nn.Linear(3, 3), nn.PReLU()))
+    model, x, y = _classifier()
+    with pytest.raises(ValueError, match="no forward pass was recorded"):
+        fk.NGD(model).step()
+    optimizer = fk.NGD(model, fisher_type="empirical")
+    model(x)
+    with pytest.raises(ValueError, match="pass targets=y"):
+        optimizer.step()
+    optimizer.step(targets=y)
+    other, _, _ = _classifier()
+    other[0] = nn.Linear(6, 5)
+    other[2] = nn.Linear(5, 3)
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        fk.NGD(other).load_state_dict(optimizer.state_dict())
+    singular = nn.Sequential(nn.Linear(3, 2))
+    ngd = fk.NGD(singular, damping=0.0, pi_damping=False, fisher_type="exact")
+    singular(torch.zeros(4, 3)).sum().backward()
+    with pytest.raises(ValueError, match="0.weight, 0.bias.*singular"):
+        ngd.step()
