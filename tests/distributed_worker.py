@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import fisherkit as fk
+from fisherkit.optim.preconditioner import distributed_inverse
 
 ESTIMATORS = (fk.diagonal_fisher, fk.kfac_fisher, fk.ekfac_fisher, fk.block_fisher, fk.full_fisher)
 
@@ -44,7 +45,9 @@ def run(rank: int, world: int, port: str, path: str) -> None:
         for t in ("exact", "empirical")
     }
     results[("FisherOperator", "exact")] = fk.FisherOperator(model, data).to_dense()
-    results[("NGDPreconditioner", "exact")] = ngd_statistics(model, x[shard]).state_dict()
+    statistics = ngd_statistics(model, x[shard])
+    results[("NGDPreconditioner", "exact")] = statistics.state_dict()
+    results[("NGD inverse", "exact")] = distributed_inverse(statistics, 0.1, False, torch.device("cpu")).to_dense()
     if rank == 0:
         torch.save(results, path)
     dist.destroy_process_group()

@@ -9,11 +9,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
-from fisherkit.curvature import Curvature
+from fisherkit.curvature import Block, Curvature
 from fisherkit.estimators import block_fisher, diagonal_fisher, ekfac_fisher, kfac_fisher
 from fisherkit.estimators.common import prepare_plan
+from fisherkit.estimators.distributed import is_distributed
 from fisherkit.likelihoods import Likelihood
 from fisherkit.plan import UnsupportedModelError
 
@@ -155,7 +157,8 @@ class NGDPreconditioner:
         if self.fisher is None:
             return None
         if self.inverse is None or step % self.inverse_every == 0:
-            self.inverse = self.fisher.inverse(value_at(self.damping, step), self.pi_damping)
+            device = next(self.model.parameters()).device
+            self.inverse = distributed_inverse(self.fisher, value_at(self.damping, step), self.pi_damping, device)
         params = self.parameters
         grads = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in params.items()}
         natural = dict(zip(self.names, self.inverse.mv([grads[n] for n in self.names])))
@@ -196,6 +199,21 @@ class NGDPreconditioner:
         if state["generator"] is not None and self.generator is not None:
             self.generator.set_state(state["generator"])
         self.skipped = list(state["skipped"])
+
+
+def distributed_inverse(fisher: Curvature, damping: float, pi_damping: bool, device: torch.device) -> Curvature:
+    """(F + λI)⁻¹ blockwise; under ``torch.distributed`` rank r inverts the blocks i ≡ r (mod world
+    size) and broadcasts them, so the eigendecompositions are spread over the ranks."""
+    if not is_distributed():
+        return fisher.inverse(damping, pi_damping)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    blocks = []
+    for index, block in enumerate(fisher.blocks):
+        owner = index % world
+        payload = [block.inverse(damping, pi_damping).state() if owner == rank else None]
+        dist.broadcast_object_list(payload, src=owner)
+        blocks.append(Block.from_state(payload[0]).map(lambda t: t.to(device)))
+    return fisher._with_blocks(blocks)
 
 
 def kl_clip_factor(natural: dict[str, Tensor], grads: dict[str, Tensor], lr: float, kl_clip: float) -> float:
