@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
 
         print(run(args))
     elif args.command == "fisher-types":
-        from fisherkit.demo import run
+        from fisherkit.fisher_types import run
 
         print(run(epochs=args.epochs, mc_samples=args.mc_samples, seed=args.seed))
     else:

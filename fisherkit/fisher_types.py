@@ -1,4 +1,4 @@
-"""``fisherkit demo``: the three Fisher types on a small real dataset (scikit-learn's digits, CPU).
+"""``fisherkit fisher-types``: the three Fisher types on a small real dataset (scikit-learn's digits, CPU).
 
 Trains a small MLP for a few epochs, then estimates the diagonal Fisher as the true Fisher
 (Monte Carlo), the exact Fisher and the empirical Fisher, and prints how they differ.
