@@ -96,12 +96,13 @@ class NGDPreconditioner:
         self.fisher: Curvature | None = None
         self.inverse: Curvature | None = None
         self._inputs: Any = None
+        self._estimating = False
         self._hook = model.register_forward_pre_hook(self._record_inputs, with_kwargs=True)
 
     def _record_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if kwargs:
             raise TypeError("NGD records positional model inputs only; call the model as model(x) or model(*xs).")
-        if module.training or self._inputs is None:
+        if not self._estimating:  # the estimator's own forward passes are not training batches
             inputs = [a.detach() for a in args]
             self._inputs = inputs[0] if len(inputs) == 1 else inputs
 
@@ -127,6 +128,7 @@ class NGDPreconditioner:
         estimator = CURVATURES[self.curvature]
         was_training = self.model.training
         self.model.eval()
+        self._estimating = True
         try:
             batch = [(self._inputs, targets)]
             estimate = estimator(
@@ -139,6 +141,7 @@ class NGDPreconditioner:
             warnings.warn(f"NGD skipped a statistics update: {error}", RuntimeWarning, stacklevel=3)
             return False
         finally:
+            self._estimating = False
             self.model.train(was_training)
         if self.fisher is None:
             self.fisher = estimate
