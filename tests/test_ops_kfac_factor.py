@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from backends import BACKENDS
 
 from fisherkit.ops import extension_status, kfac_factor_update
 
-BACKENDS = ["reference"] + (["cpp"] if extension_status().available else [])
 SHAPES = [(1, 1), (7, 5), (123, 3), (5, 300), (64, 513)]  # D above the 256 tile, not a multiple of it
 
 
@@ -62,3 +62,9 @@ def test_opcheck():
     for append_ones in (False, True):
         args = (torch.eye(5 + int(append_ones)), torch.randn(4, 5), 0.5, 0.25, append_ones)
         torch.library.opcheck(torch.ops.fisherkit.kfac_factor_update_, args)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="Triton is not installed")
+def test_triton_opcheck():
+    inputs = torch.randn(19, 45, generator=torch.Generator().manual_seed(1))
+    torch.library.opcheck(torch.ops.fisherkit.syrk_lower_triton, (torch.zeros(45, 45), inputs, 0.5, 1.0))

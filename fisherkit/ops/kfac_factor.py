@@ -28,15 +28,21 @@ def kfac_factor_update(
         alpha: Weight of the new statistics (e.g. 1/N for a mean, 1 − β for an EMA).
         beta: Decay of the old factor.
         append_ones: Treat X as having an extra column of ones (a bias folded into the factor).
-        backend: ``"reference"``, ``"cpp"`` or ``None`` (see ``fisherkit.ops.dispatch``).
+        backend: ``"reference"``, ``"cpp"``, ``"triton"`` or ``None`` (see ``fisherkit.ops.dispatch``);
+            Triton computes lower-triangle tiles of float32 factors in a kernel.
 
     Returns:
         ``factor``, exactly symmetric.
     """
     _check(factor, inputs, append_ones)
-    if choose_backend(backend, factor, inputs) == "cpp":
+    chosen = choose_backend(backend, factor, inputs)
+    if chosen == "cpp":
         torch.ops.fisherkit.kfac_factor_update_(factor, inputs, float(alpha), float(beta), bool(append_ones))
-    else:
+    elif chosen == "triton" and factor.dtype == torch.float32 and factor.stride(1) == 1:
+        from fisherkit.ops.triton_backend import kfac_factor_update_triton
+
+        kfac_factor_update_triton(factor, inputs, alpha, beta, append_ones)
+    else:  # also Triton's float64 and column-strided factors
         kfac_factor_update_reference(factor, inputs, alpha, beta, append_ones)
     return factor
 
@@ -59,10 +65,16 @@ def kfac_factor_update_reference(
 ) -> Tensor:
     """The pure-torch implementation of ``kfac_factor_update`` (same contract)."""
     x = inputs.to(factor.dtype)
+    factor[: x.shape[1], : x.shape[1]].addmm_(x.T, x, beta=beta, alpha=alpha)
+    return mirror_and_add_ones(factor, x, alpha, beta, append_ones)
+
+
+def mirror_and_add_ones(factor: Tensor, x: Tensor, alpha: float, beta: float, append_ones: bool) -> Tensor:
+    """Completes an update whose ``(D, D)`` block has a correct lower triangle: copies it to the
+    upper one (exact symmetry) and, with ``append_ones``, updates the bias row, column and corner."""
     dim = x.shape[1]
     block = factor[:dim, :dim]
-    block.addmm_(x.T, x, beta=beta, alpha=alpha)
-    block.copy_(block.tril() + block.tril(-1).T)  # exactly symmetric, like the compiled backend
+    block.copy_(block.tril() + block.tril(-1).T)
     if append_ones:
         factor[dim, :dim].mul_(beta).add_(x.sum(0), alpha=alpha)
         factor[:dim, dim] = factor[dim, :dim]

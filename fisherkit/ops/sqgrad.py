@@ -34,7 +34,10 @@ def sqgrad_accumulate(
         inputs: ``(N, T, I)`` layer inputs a.
         scale: Multiplier of the sums.
         bias_out: Optional ``(O,)`` accumulator (dtype of ``out``) for the bias term.
-        backend: ``"reference"``, ``"cpp"`` or ``None`` (see ``fisherkit.ops.dispatch``).
+        backend: ``"reference"``, ``"cpp"``, ``"triton"`` or ``None`` (see ``fisherkit.ops.dispatch``).
+            Triton serves float32 accumulators with T > 1 (a fused kernel: per-sample tiles squared
+            in registers, samples split over programs, partials summed in a fixed order, so results
+            are deterministic); T = 1 is one GEMM and float64 goes through the reference.
 
     Returns:
         ``out``. Products are formed in ``out.dtype`` (never squared in half precision).
@@ -43,7 +46,11 @@ def sqgrad_accumulate(
     chosen = choose_backend(backend, out, grad_output, inputs)
     if chosen == "cpp":
         torch.ops.fisherkit.sqgrad_accumulate_(out, bias_out, grad_output, inputs, float(scale))
-    else:
+    elif chosen == "triton" and out.dtype == torch.float32 and grad_output.shape[2] > 1:
+        from fisherkit.ops.triton_backend import sqgrad_accumulate_triton
+
+        sqgrad_accumulate_triton(out, grad_output, inputs, scale, bias_out)
+    else:  # also Triton's T = 1 (one GEMM) and float64 cases
         sqgrad_accumulate_reference(out, grad_output, inputs, scale, bias_out)
     return out
 
