@@ -1,0 +1,45 @@
+"""The ops on CUDA tensors (auto dispatch picks Triton there) against float64 oracles; skipped without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fisherkit.ops import choose_backend, kfac_factor_update, sqgrad_accumulate
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("positions", [1, 2, 5, 64])
+def test_sqgrad_on_cuda(dtype, positions):
+    gen = torch.Generator().manual_seed(positions)
+    g = torch.randn(3, 37, positions, 70, generator=gen).to("cuda", dtype)
+    a = torch.randn(37, positions, 45, generator=gen).to("cuda", dtype)
+    start = torch.rand(70, 45, generator=gen).cuda()
+    bias_start = torch.rand(70, generator=gen).cuda()
+    out, bias = start.clone(), bias_start.clone()
+    assert choose_backend(None, out, g, a) == "triton"
+    sqgrad_accumulate(out, g, a, 0.5, bias)
+    per_sample = torch.einsum("knto,nti->knoi", g.double(), a.double())
+    torch.testing.assert_close(
+        out.double(), start.double() + 0.5 * per_sample.square().sum((0, 1)), rtol=2e-3, atol=1e-3
+    )
+    bias_want = bias_start.double() + 0.5 * g.double().sum(2).square().sum((0, 1))
+    torch.testing.assert_close(bias.double(), bias_want, rtol=2e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kfac_factor_on_cuda(dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 123, generator=gen).to("cuda", dtype)
+    start = torch.rand(124, 124, generator=gen)
+    start = (start + start.T).cuda()
+    factor = start.clone()
+    kfac_factor_update(factor, x, alpha=0.5, beta=0.9, append_ones=True)
+    ones = torch.cat([x.double(), torch.ones(300, 1, dtype=torch.float64, device="cuda")], 1)
+    torch.testing.assert_close(factor.double(), 0.9 * start.double() + 0.5 * ones.T @ ones, rtol=2e-3, atol=1e-2)
+    assert torch.equal(factor, factor.T)
