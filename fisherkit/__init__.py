@@ -24,7 +24,7 @@ from fisherkit.estimators import (
 )
 from fisherkit.likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
 from fisherkit.matrix_free import FisherOperator
-from fisherkit.optim import NGD, NGDPreconditioner
+from fisherkit.optim import NGD, LevenbergMarquardt, NGDPreconditioner
 from fisherkit.plan import UnsupportedModelError, explain
 from fisherkit.rules import LayerCall, LayerRule, TorchFuncRule, register_rule
 
@@ -44,6 +44,7 @@ __all__ = [
     "FisherOperator",
     "Gaussian",
     "KroneckerBlock",
+    "LevenbergMarquardt",
     "NGD",
     "NGDPreconditioner",
     "LayerCall",

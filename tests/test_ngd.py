@@ -193,3 +193,40 @@ def test_bad_input_is_refused_clearly():
     singular(torch.zeros(4, 3)).sum().backward()
     with pytest.raises(ValueError, match="0.weight, 0.bias.*singular"):
         ngd.step()
+
+
+def test_levenberg_marquardt_damping_follows_the_quadratic_model():
+    x, y = _regression()
+    torch.manual_seed(1)
+    model = nn.Linear(3, 1).double()
+    damping = fk.LevenbergMarquardt(1.0, every=1, decay=0.5)
+    optimizer = fk.NGD(
+        model, lr=0.5, curvature="block", fisher_type="exact", likelihood="gaussian", damping=damping,
+        ema_decay=0.0, stats_every=1, inverse_every=1,
+    )  # fmt: skip
+
+    def closure():
+        optimizer.zero_grad()
+        loss = 0.5 * (model(x) - y).square().sum(1).mean()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    assert damping.last_ratio == pytest.approx(1.0)  # a linear-Gaussian model is exactly quadratic
+    assert damping.value == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="call step\\(closure\\)"):
+        closure()
+        optimizer.step()
+
+    model, x_cls, y_cls = _classifier()
+    damping = fk.LevenbergMarquardt(1e-4, every=1, decay=0.5)
+    optimizer = fk.NGD(model, lr=50.0, damping=damping, stats_every=1, seed=0)
+
+    def classifier_closure():
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x_cls), y_cls)
+        loss.backward()
+        return loss
+
+    optimizer.step(classifier_closure)  # a huge step overshoots: the model is not trusted
+    assert damping.last_ratio < 0.25 and damping.value == pytest.approx(2e-4)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from fisherkit.likelihoods import Likelihood
+from fisherkit.optim.damping import LevenbergMarquardt
 from fisherkit.optim.preconditioner import NGDPreconditioner, Schedule, kl_clip_factor
 
 
@@ -28,7 +29,8 @@ class NGD(torch.optim.Optimizer):
     the model, averaged with decay ``ema_decay``, and inverted every ``inverse_every`` steps. The
     optimizer's param group holds the model's trainable parameters; ``lr``, ``momentum`` and
     ``weight_decay`` live there (so ``torch.optim.lr_scheduler`` works), ``damping`` may be a
-    function of the step. Natural gradients are the steepest descent directions of the
+    number, a function of the step, or ``LevenbergMarquardt(...)`` (adaptive; needs
+    ``step(closure)`` on its adaptation steps). Natural gradients are the steepest descent directions of the
     per-sample-mean loss in the KL metric, so ``lr`` ≈ 1 with the exact Fisher is a full Newton-like
     step for a mean loss.
 
@@ -82,6 +84,11 @@ class NGD(torch.optim.Optimizer):
         if natural is None:
             return loss
         scale = 1.0 if group["kl_clip"] is None else kl_clip_factor(natural, raw, group["lr"], group["kl_clip"])
+        damping = self.preconditioner.damping
+        adapting = isinstance(damping, LevenbergMarquardt) and (self.preconditioner.steps - 1) % damping.every == 0
+        if adapting and closure is None:
+            raise ValueError("LevenbergMarquardt damping adapts from the loss after the step: call step(closure).")
+        before = {n: p.detach().clone() for n, p in params.items()} if adapting else {}
         for parameter in params.values():
             update = parameter.grad
             if group["momentum"]:
@@ -93,7 +100,25 @@ class NGD(torch.optim.Optimizer):
                     buffer.mul_(group["momentum"]).add_(update)
                 update = buffer
             parameter.add_(update, alpha=-group["lr"] * scale)
+        if adapting:
+            self._adapt_damping(damping, closure, loss, raw, {n: p - before[n] for n, p in params.items()})
         return loss
+
+    def _adapt_damping(
+        self,
+        damping: LevenbergMarquardt,
+        closure: Callable[[], Tensor],
+        loss: Tensor,
+        grads: dict[str, Tensor],
+        change: dict[str, Tensor],
+    ) -> None:
+        """ρ = (L(θ + Δ) − L(θ)) / (∇Lᵀ Δ + ½ Δᵀ F Δ) on the same batch, then λ adapts."""
+        with torch.enable_grad():
+            after = closure()
+        names = self.preconditioner.names
+        predicted = sum(float((grads[n] * change[n]).sum()) for n in names)
+        predicted += 0.5 * float(self.preconditioner.fisher.quadratic([change[n] for n in names]))
+        damping.adapt(float(after) - float(loss), predicted)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "preconditioner": self.preconditioner.state_dict()}

@@ -17,6 +17,7 @@ from fisherkit.estimators import block_fisher, diagonal_fisher, ekfac_fisher, kf
 from fisherkit.estimators.common import prepare_plan
 from fisherkit.estimators.distributed import is_distributed
 from fisherkit.likelihoods import Likelihood
+from fisherkit.optim.damping import LevenbergMarquardt
 from fisherkit.plan import UnsupportedModelError
 
 CURVATURES = {"diagonal": diagonal_fisher, "kfac": kfac_fisher, "ekfac": ekfac_fisher, "block": block_fisher}
@@ -183,6 +184,7 @@ class NGDPreconditioner:
             "inverse": None if self.inverse is None else self.inverse.state_dict(),
             "generator": None if self.generator is None else self.generator.get_state(),
             "skipped": list(self.skipped),
+            "damping": self.damping.value if isinstance(self.damping, LevenbergMarquardt) else None,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -202,6 +204,8 @@ class NGDPreconditioner:
         if state["generator"] is not None and self.generator is not None:
             self.generator.set_state(state["generator"])
         self.skipped = list(state["skipped"])
+        if isinstance(self.damping, LevenbergMarquardt) and state.get("damping") is not None:
+            self.damping.value = float(state["damping"])
 
 
 def distributed_inverse(fisher: Curvature, damping: float, pi_damping: bool, device: torch.device) -> Curvature:
