@@ -12,6 +12,8 @@ frequencies, never a dense vocabulary × vocabulary matrix).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -93,7 +95,9 @@ def transpose(basis: Tensor | None) -> Tensor | None:
 def factor_eigh(factor: Tensor, label: str) -> tuple[Tensor, Tensor | None]:
     """Eigenvalues ``(groups, n)`` (clamped at 0) and eigenvectors ``(groups, n, n)`` (None when diagonal).
 
-    Checks for NaN/Inf first and retries in float64 when the decomposition fails to converge.
+    Checks for NaN/Inf first; decomposes at unit scale in float64 (no float32 convergence failures)
+    and, on CPU, on one thread: LAPACK's threaded eigh of factors with zero rows (dead units) was
+    measured at 7 s per 512 × 512 call on a loaded 2-core machine, against 0.05 s on one thread.
 
     Raises:
         ValueError: Non-finite entries, or no convergence even in float64; ``label`` names the layer.
@@ -102,18 +106,28 @@ def factor_eigh(factor: Tensor, label: str) -> tuple[Tensor, Tensor | None]:
         raise ValueError(f"Kronecker factor of {label} has NaN or Inf entries; its statistics overflowed.")
     if is_diagonal(factor):
         return factor.clamp(min=0), None
-    # decomposed at unit scale: factors of tiny gradients (~1e-4 and below) otherwise drive LAPACK's
-    # eigh into subnormal arithmetic, hundreds of times slower
     scale = factor.abs().amax(dim=(-2, -1), keepdim=True).clamp(min=torch.finfo(factor.dtype).tiny)
     try:
-        values, vectors = torch.linalg.eigh(factor / scale)
-    except torch.linalg.LinAlgError:
-        try:
+        with _single_threaded(factor.device):
             values, vectors = torch.linalg.eigh((factor / scale).double())
-        except torch.linalg.LinAlgError as error:
-            raise ValueError(f"eigendecomposition of a Kronecker factor of {label} failed even in float64") from error
-        values, vectors = values.to(factor.dtype), vectors.to(factor.dtype)
+    except torch.linalg.LinAlgError as error:
+        raise ValueError(f"eigendecomposition of a Kronecker factor of {label} failed in float64") from error
+    values, vectors = values.to(factor.dtype), vectors.to(factor.dtype)
     return (values * scale.squeeze(-1)).clamp(min=0), vectors
+
+
+@contextmanager
+def _single_threaded(device: torch.device) -> Iterator[None]:
+    """Runs CPU work on one intra-op thread, restoring the thread count afterwards."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def rotate_in(view: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
