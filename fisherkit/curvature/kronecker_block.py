@@ -51,7 +51,7 @@ class KroneckerBlock(Block):
     def layout(self) -> KroneckerLayout:
         return KroneckerLayout(self.groups, self.rows, self.has_bias)
 
-    def _eigen(self) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+    def eigen(self) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
         """Cached (left values, left vectors, right values, right vectors)."""
         if "eigen" not in self._cache:
             self._cache["eigen"] = (*factor_eigh(self.left, self.label), *factor_eigh(self.right, self.label))
@@ -70,7 +70,7 @@ class KroneckerBlock(Block):
     def _damped_spectrum(self, damping: float, pi_damping: bool) -> Tensor:
         """``(groups, rows, cols)`` eigenvalues of the damped matrix."""
         damping = check_damping(damping)
-        left_values, _, right_values, _ = self._eigen()
+        left_values, _, right_values, _ = self.eigen()
         if pi_damping:
             left_shift, right_shift = self._pi_shifts(damping)
             spectrum = (left_values + left_shift).unsqueeze(-1) * (right_values + right_shift).unsqueeze(-2)
@@ -86,7 +86,7 @@ class KroneckerBlock(Block):
 
     def solve(self, vectors: TensorList, damping: float, pi_damping: bool = False) -> TensorList:
         spectrum = self._damped_spectrum(damping, pi_damping)
-        _, left_vectors, _, right_vectors = self._eigen()
+        _, left_vectors, _, right_vectors = self.eigen()
         view = rotate_in(self.layout.to_view(vectors).to(self.left.dtype), left_vectors, right_vectors) / spectrum
         return self.layout.from_view(rotate_out(view, left_vectors, right_vectors), self.shapes)
 
@@ -94,7 +94,7 @@ class KroneckerBlock(Block):
         """π-damping keeps the Kronecker form (inverted factors); Tikhonov damping is exact only in
         the eigenbasis, so it returns an ``EigenKroneckerBlock``."""
         spectrum = self._damped_spectrum(damping, pi_damping)
-        left_values, left_vectors, right_values, right_vectors = self._eigen()
+        left_values, left_vectors, right_values, right_vectors = self.eigen()
         if not pi_damping:
             return EigenKroneckerBlock(
                 self.names, self.shapes, self.groups, self.rows, self.has_bias, left_vectors, right_vectors,

@@ -154,7 +154,7 @@ class _ScalingVisitor(LayerVisitor):
         block = self.blocks.get(id(entry.module))
         if block is None:
             return
-        _, left, _, right = block._eigen()
+        _, left, _, right = block.eigen()
         scaling = self.sums[id(entry.module)]
         if entry.rule.input_factor_diagonal:  # only the output side rotates (the left basis is the identity)
             rotated = [grad @ right.to(grad.dtype)[0] for grad in grads]
@@ -337,7 +337,7 @@ def ekfac_fisher(
     blocks: dict[int, Block] = {}
     for (key, block), total in zip(kronecker.items(), totals):
         check_finite(f"layer {factors[key].entry.path or '<root>'}", total)
-        _, left, _, right = block._eigen()
+        _, left, _, right = block.eigen()
         blocks[key] = EigenKroneckerBlock(
             block.names, block.shapes, block.groups, block.rows, block.has_bias, left, right, total.div_(count)
         )
