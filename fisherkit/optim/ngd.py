@@ -78,16 +78,18 @@ class NGD(torch.optim.Optimizer):
             for parameter in params.values():
                 if parameter.grad is not None:
                     parameter.grad.add_(parameter, alpha=group["weight_decay"])
-        raw = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in params.items()}
+        damping = self.preconditioner.damping
+        adapting = isinstance(damping, LevenbergMarquardt) and self.preconditioner.steps % damping.every == 0
+        if adapting and closure is None:  # refused before any statistics or state change
+            raise ValueError("LevenbergMarquardt damping adapts from the loss after the step: call step(closure).")
+        raw = {}  # the gradient before preconditioning, copied only when KL clipping or LM damping use it
+        if adapting or group["kl_clip"] is not None:
+            raw = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in params.items()}
         with torch.enable_grad():
             natural = self.preconditioner.precondition(targets)
         if natural is None:
             return loss
         scale = 1.0 if group["kl_clip"] is None else kl_clip_factor(natural, raw, group["lr"], group["kl_clip"])
-        damping = self.preconditioner.damping
-        adapting = isinstance(damping, LevenbergMarquardt) and (self.preconditioner.steps - 1) % damping.every == 0
-        if adapting and closure is None:
-            raise ValueError("LevenbergMarquardt damping adapts from the loss after the step: call step(closure).")
         before = {n: p.detach().clone() for n, p in params.items()} if adapting else {}
         for parameter in params.values():
             update = parameter.grad
