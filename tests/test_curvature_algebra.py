@@ -224,6 +224,10 @@ def test_non_finite_factors_and_singular_matrices_are_named():
     )
     with pytest.raises(ValueError, match="singular; pass damping > 0"):
         singular.solve([torch.ones(2, 2, dtype=F64)], 0.0)
+    with pytest.raises(ValueError, match="w: a damped Kronecker factor is singular in float64"):
+        singular.inverse(0.0, pi_damping=True)
+    with pytest.raises(ValueError, match="conv.weight, conv.bias.*NaN"):
+        block.inverse(0.1, pi_damping=True)
     dense = fk.DenseBlock(("w",), (torch.Size([2]),), torch.zeros(2, 2, dtype=F64))
     with pytest.raises(ValueError, match="not positive definite; pass damping > 0"):
         dense.solve([torch.ones(2, dtype=F64)], 0.0)

@@ -20,6 +20,7 @@ from fisherkit.curvature.kronecker_layout import (
     rotate_in,
     rotate_out,
     scatter_groups,
+    shifted_inverse,
 )
 
 
@@ -93,18 +94,17 @@ class KroneckerBlock(Block):
     def inverse(self, damping: float, pi_damping: bool = False) -> Block:
         """π-damping keeps the Kronecker form (inverted factors); Tikhonov damping is exact only in
         the eigenbasis, so it returns an ``EigenKroneckerBlock``."""
-        spectrum = self._damped_spectrum(damping, pi_damping)
-        left_values, left_vectors, right_values, right_vectors = self.eigen()
-        if not pi_damping:
-            return EigenKroneckerBlock(
-                self.names, self.shapes, self.groups, self.rows, self.has_bias, left_vectors, right_vectors,
-                spectrum.reciprocal(),
+        if pi_damping:
+            left_shift, right_shift = self._pi_shifts(check_damping(damping))
+            return KroneckerBlock(
+                self.names, self.shapes, self.groups, self.rows, self.has_bias,
+                shifted_inverse(self.left, left_shift, self.label),
+                shifted_inverse(self.right, right_shift, self.label),
             )  # fmt: skip
-        left_shift, right_shift = self._pi_shifts(damping)
-        return KroneckerBlock(
-            self.names, self.shapes, self.groups, self.rows, self.has_bias,
-            _from_spectrum((left_values + left_shift).reciprocal(), left_vectors),
-            _from_spectrum((right_values + right_shift).reciprocal(), right_vectors),
+        _, left_vectors, _, right_vectors = self.eigen()
+        return EigenKroneckerBlock(
+            self.names, self.shapes, self.groups, self.rows, self.has_bias, left_vectors, right_vectors,
+            self._damped_spectrum(damping, pi_damping).reciprocal(),
         )  # fmt: skip
 
     def diagonal(self) -> TensorList:
@@ -133,10 +133,3 @@ class KroneckerBlock(Block):
         self.left.mul_(decay).add_(other.left, alpha=1 - decay)
         self.right.mul_(decay).add_(other.right, alpha=1 - decay)
         self._cache = {}
-
-
-def _from_spectrum(values: Tensor, vectors: Tensor | None) -> Tensor:
-    """Q diag(λ) Qᵀ per group, or the diagonal λ when Q is the identity."""
-    if vectors is None:
-        return values
-    return (vectors * values.unsqueeze(-2)) @ vectors.transpose(-1, -2)

