@@ -4,8 +4,9 @@ Usage::
 
     python benchmarks/bench_ops.py [--repeats 9] [--threads 2]
 
-sqgrad_accumulate is compared with the plain weight-gradient GEMM Gᵀ A of the same shape
-(``torch.matmul``); kfac_factor_update with ``torch.addmm`` on the full square. Reported: median
+sqgrad_accumulate and persample_sqnorm are compared with the plain weight-gradient GEMM Gᵀ A of
+the same shape (``torch.matmul``), persample_sqnorm also with materializing the per-sample
+gradients (einsum) and taking their norms; kfac_factor_update with ``torch.addmm`` on the full square. Reported: median
 time, the ratio to that baseline measured in the same run, useful GFLOP/s (the FLOPs the op must
 do: 2·K·N·T·O·I, resp. D²·N for the triangle), and peak tensor memory.
 """
@@ -17,11 +18,12 @@ import argparse
 import torch
 from measure import interleaved_median_seconds, peak_tensor_bytes
 
-from fisherkit.ops import BACKENDS, extension_status, kfac_factor_update, sqgrad_accumulate
+from fisherkit.ops import BACKENDS, extension_status, kfac_factor_update, persample_sqnorm, sqgrad_accumulate
 
-SQGRAD_SHAPES = {  # (K, N, T, O, I): mlp- and seq-sized layers
+LAYER_SHAPES = {  # (K, N, T, O, I): mlp- and seq-sized layers
     "mlp 784→512, T=1": (1, 256, 1, 512, 784),
     "seq 128→256, T=64": (1, 32, 64, 256, 128),
+    "seq 256→256, T=512": (1, 8, 512, 256, 256),
 }
 KFAC_SHAPES = {"D=785 (mlp input + bias), N=256": (256, 784), "D=2049, N=1024": (1024, 2048)}
 
@@ -30,23 +32,32 @@ def _backends() -> list[str]:
     return [b for b in BACKENDS if b != "cpp" or extension_status().available]
 
 
-def bench_sqgrad(repeats: int) -> list[str]:
+def bench_layer_ops(repeats: int) -> list[str]:
+    """sqgrad_accumulate and persample_sqnorm per backend against the weight-gradient GEMM."""
     rows = []
-    for label, (k, n, t, o, i) in SQGRAD_SHAPES.items():
+    for label, (k, n, t, o, i) in LAYER_SHAPES.items():
         g, a = torch.randn(k, n, t, o), torch.randn(n, t, i)
-        out = torch.zeros(o, i)
         g_flat, a_flat = g.reshape(-1, o), a.expand(k, n, t, i).reshape(-1, i)
-        runs = {"matmul Gᵀ A": lambda g_flat=g_flat, a_flat=a_flat: g_flat.T @ a_flat}
-        for backend in _backends():
-            runs[backend] = lambda b=backend, g=g, a=a, out=out: sqgrad_accumulate(out, g, a, backend=b)
-        seconds = interleaved_median_seconds(runs, repeats)
-        flops = 2 * k * n * t * o * i
-        for name, run in runs.items():
-            rows.append(
-                f"| sqgrad {label} | {name} | {seconds[name] * 1e3:.3f} | "
-                f"{seconds[name] / seconds['matmul Gᵀ A']:.2f} | {flops / seconds[name] / 1e9:.1f} | "
-                f"{peak_tensor_bytes(run) / 2**20:.2f} |"
-            )
+        ops = {
+            "sqgrad": (torch.zeros(o, i), sqgrad_accumulate),
+            "sqnorm": (torch.zeros(k, n), persample_sqnorm),
+        }
+        for op, (out, function) in ops.items():
+            runs = {"matmul Gᵀ A": lambda g_flat=g_flat, a_flat=a_flat: g_flat.T @ a_flat}
+            if op == "sqnorm":
+                runs["per-sample einsum, then norms"] = lambda g=g, a=a: (
+                    torch.einsum("knto,nti->knoi", g, a).square().sum((-2, -1))
+                )
+            for backend in _backends():
+                runs[backend] = lambda b=backend, g=g, a=a, out=out, f=function: f(out, g, a, backend=b)
+            seconds = interleaved_median_seconds(runs, repeats)
+            flops = 2 * k * n * t * o * i
+            for name, run in runs.items():
+                rows.append(
+                    f"| {op} {label} | {name} | {seconds[name] * 1e3:.3f} | "
+                    f"{seconds[name] / seconds['matmul Gᵀ A']:.2f} | {flops / seconds[name] / 1e9:.1f} | "
+                    f"{peak_tensor_bytes(run) / 2**20:.2f} |"
+                )
     return rows
 
 
@@ -79,7 +90,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, fisherkit._C: {extension_status().reason}\n")
     print("| op, shape | implementation | ms | × baseline | useful GFLOP/s | peak MB |")
     print("|---|---|---:|---:|---:|---:|")
-    print("\n".join(bench_sqgrad(args.repeats) + bench_kfac(args.repeats)))
+    print("\n".join(bench_layer_ops(args.repeats) + bench_kfac(args.repeats)))
 
 
 if __name__ == "__main__":

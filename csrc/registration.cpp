@@ -13,6 +13,9 @@ TORCH_LIBRARY(fisherkit, m) {
   m.def(
       "sqgrad_accumulate_(Tensor(a!) out, Tensor(b!)? bias_out, Tensor grad_output, Tensor inputs, float scale) -> ()");
   // factor <- beta * factor + alpha * [X, 1]^T [X, 1] ; X (N, D), factor (D + append_ones, D + append_ones)
+  // out[k, n] += scale * ||sum_t g[k,n,t,:] a[n,t,:]^T||^2 (+ ||sum_t g[k,n,t,:]||^2 with bias) ; out (K, N)
+  // gram: the T x T Gram form for T > 1 (the caller picks the cheaper one), else per-sample tiles.
+  m.def("persample_sqnorm_(Tensor(a!) out, Tensor grad_output, Tensor inputs, float scale, bool bias, bool gram) -> ()");
   m.def("kfac_factor_update_(Tensor(a!) factor, Tensor inputs, float alpha, float beta, bool append_ones) -> ()");
 }
 

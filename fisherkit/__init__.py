@@ -21,6 +21,7 @@ from fisherkit.estimators import (
     ekfac_fisher,
     full_fisher,
     kfac_fisher,
+    per_sample_fisher_trace,
 )
 from fisherkit.likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
 from fisherkit.matrix_free import FisherOperator
@@ -59,5 +60,6 @@ __all__ = [
     "explain",
     "full_fisher",
     "kfac_fisher",
+    "per_sample_fisher_trace",
     "register_rule",
 ]

@@ -184,3 +184,21 @@ def dense_ggn(model: nn.Module, inputs: Tensor, likelihood: str, variance: float
 
 def flatten(tensors: list[Tensor]) -> Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def brute_force_per_sample_trace(
+    model: nn.Module,
+    inputs: Tensor,
+    likelihood: str,
+    fisher_type: str,
+    targets: Tensor | None = None,
+    sampled: list[Tensor] | None = None,
+) -> Tensor:
+    """``(N,)`` E_y ‖∇_θ log p(y | x_n)‖² one sample at a time, in float64."""
+    traces = []
+    for n in range(inputs.shape[0]):
+        labels = None if targets is None else targets[n : n + 1]
+        draws = None if sampled is None else [draw[n : n + 1] for draw in sampled]
+        terms = _weighted_gradients(model, inputs[n : n + 1], likelihood, fisher_type, labels, draws, 1.0)
+        traces.append(sum(weight * sum(float(g.square().sum()) for g in grads) for weight, grads in terms))
+    return torch.tensor(traces, dtype=torch.float64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from oracles import TOLERANCES, brute_force_diagonal, dense_ggn, flatten
+from oracles import TOLERANCES, brute_force_diagonal, brute_force_per_sample_trace, dense_ggn, flatten
 from replay import replay_draws
 from zoo import CASES, build_case
 
@@ -69,3 +69,19 @@ def test_float32_model_gives_float32_fisher_close_to_float64_oracle():
     expected = brute_force_diagonal(model, inputs, "categorical", "exact")
     assert all(d.dtype == torch.float32 for d in fisher.diagonals)
     torch.testing.assert_close(flatten(fisher.diagonals).double(), flatten(expected), **TOLERANCES[torch.float32])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("fisher_type", ["mc", "exact", "empirical"])
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_per_sample_trace_matches_per_sample_loop(case, fisher_type, engine):
+    model, inputs, targets = build_case(case)
+    options = {"engine": engine, "fallback": case.fallback, "batch_size": 4, "seed": 7, "mc_samples": 3}
+    traces = fk.per_sample_fisher_trace(model, (inputs, targets), case.likelihood, fisher_type, **options)
+    sampled = None
+    if fisher_type == "mc":
+        sampled = replay_draws(model, inputs, case.likelihood, 7, 3, batch_size=4)
+    expected = brute_force_per_sample_trace(model, inputs, case.likelihood, fisher_type, targets, sampled)
+    assert traces.shape == (inputs.shape[0],) and traces.dtype == torch.float64
+    torch.testing.assert_close(traces, expected, **TOLERANCES[torch.float64])
+    assert float(expected.min()) > 0

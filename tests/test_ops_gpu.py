@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fisherkit.ops import choose_backend, kfac_factor_update, sqgrad_accumulate
+from fisherkit.ops import choose_backend, kfac_factor_update, persample_sqnorm, sqgrad_accumulate
 
 pytestmark = [
     pytest.mark.gpu,
@@ -43,3 +43,18 @@ def test_kfac_factor_on_cuda(dtype):
     ones = torch.cat([x.double(), torch.ones(300, 1, dtype=torch.float64, device="cuda")], 1)
     torch.testing.assert_close(factor.double(), 0.9 * start.double() + 0.5 * ones.T @ ones, rtol=2e-3, atol=1e-2)
     assert torch.equal(factor, factor.T)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 37, 1, 70, 45), (2, 37, 5, 70, 45), (1, 9, 64, 20, 33), (1, 5, 128, 256, 256)])
+def test_persample_sqnorm_on_cuda(dtype, shape):
+    k, n, t, o, i = shape
+    gen = torch.Generator().manual_seed(t)
+    g = torch.randn(k, n, t, o, generator=gen).to("cuda", dtype)
+    a = torch.randn(n, t, i, generator=gen).to("cuda", dtype)
+    start = torch.rand(k, n, generator=gen).cuda()
+    out = start.clone()
+    persample_sqnorm(out, g, a, 0.5, bias=True)
+    norms = torch.einsum("knto,nti->knoi", g.double(), a.double()).square().sum((-2, -1))
+    want = start.double() + 0.5 * (norms + g.double().sum(2).square().sum(-1))
+    torch.testing.assert_close(out.double(), want, rtol=2e-3, atol=1e-3)

@@ -36,6 +36,11 @@ class Engine(ABC):
         float32 or float64, parameter-shaped) and returns the batch size."""
 
     @abstractmethod
+    def accumulate_sqnorm(self, inputs: ModelInputs, columns_fn: ColumnsFn, norms: Tensor) -> int:
+        """Adds Σ_k ‖∇_θ(s_{k,n}·f_n)‖² of every sample n into ``norms`` (``(B,)``, float32 or
+        float64) and returns the batch size."""
+
+    @abstractmethod
     def per_sample_grads(self, inputs: ModelInputs, columns_fn: ColumnsFn, consume: PerSampleConsumer) -> int:
         """Calls ``consume`` with ``{name: (M, *param.shape)}`` per-sample gradients ∇_θ(s_{k,n}·f_n),
         M rows per chunk (columns × samples, the same row order for every name), chunk by chunk

@@ -62,6 +62,9 @@ class LayerwiseEngine(Engine):
     def accumulate_sqgrad(self, inputs: ModelInputs, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:
         return self.visit(inputs, columns_fn, _SquaredGradients(sums))
 
+    def accumulate_sqnorm(self, inputs: ModelInputs, columns_fn: ColumnsFn, norms: Tensor) -> int:
+        return self.visit(inputs, columns_fn, _SquaredNorms(norms))
+
     def per_sample_grads(self, inputs: ModelInputs, columns_fn: ColumnsFn, consume: PerSampleConsumer) -> int:
         return self.visit(inputs, columns_fn, _PerSampleGradients(consume))
 
@@ -134,6 +137,23 @@ class _SquaredGradients(LayerVisitor):
     def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
         out = {name: self.sums[entry.full_name(name)] for name in entry.local_names}
         accumulate_entry_sqgrad(entry, calls, grads, out)
+
+
+class _SquaredNorms(LayerVisitor):
+    """Adds every module's Σ_k ‖per-sample gradient‖² into ``norms`` (``(B,)``); a module called
+    several times in one forward gets its per-call gradients added before the norm is taken."""
+
+    def __init__(self, norms: Tensor) -> None:
+        self.norms = norms
+
+    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
+        if len(calls) == 1:
+            out = self.norms.new_zeros(grads[0].shape[:2])
+            entry.rule.accumulate_sqnorm(entry.module, calls[0], grads[0], entry.local_names, out)
+            self.norms.add_(out.sum(0))
+            return
+        for value in entry_per_sample_grads(entry, calls, grads).values():
+            self.norms.add_(value.to(self.norms.dtype).flatten(2).square().sum((0, 2)))
 
 
 class _PerSampleGradients(LayerVisitor):

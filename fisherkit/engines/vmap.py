@@ -6,6 +6,8 @@ materializing per-sample gradients chunk by chunk.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
@@ -28,6 +30,22 @@ class VmapEngine(Engine):
         self.memory_budget = memory_budget
 
     def per_sample_grads(self, inputs: ModelInputs, columns_fn: ColumnsFn, consume: PerSampleConsumer) -> int:
+        def flatten(_: slice, grads: dict[str, Tensor]) -> None:
+            consume({name: g.flatten(0, 1) for name, g in grads.items()})
+
+        return self._visit(inputs, columns_fn, flatten)
+
+    def accumulate_sqnorm(self, inputs: ModelInputs, columns_fn: ColumnsFn, norms: Tensor) -> int:
+        def add_norms(part: slice, grads: dict[str, Tensor]) -> None:
+            for g in grads.values():
+                norms[part].add_(g.to(norms.dtype).flatten(1).square().sum(1))
+
+        return self._visit(inputs, columns_fn, add_norms)
+
+    def _visit(
+        self, inputs: ModelInputs, columns_fn: ColumnsFn, each: Callable[[slice, dict[str, Tensor]], None]
+    ) -> int:
+        """Calls ``each(samples, {name: (b, K, *param.shape)})`` chunk by chunk; returns the batch size."""
         named = dict(self.model.named_parameters())
         params = {name: named[name].detach() for name in self.names}
         with torch.no_grad():
@@ -51,7 +69,7 @@ class VmapEngine(Engine):
         for start in range(0, batch, chunk):
             part = slice(start, start + chunk)
             sample_inputs = inputs[part] if is_tensor else [x[part] for x in inputs]
-            consume({name: g.flatten(0, 1) for name, g in per_sample(sample_inputs, columns[:, part]).items()})
+            each(part, per_sample(sample_inputs, columns[:, part]))
         return batch
 
     def accumulate_sqgrad(self, inputs: ModelInputs, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:

@@ -4,6 +4,7 @@ from fisherkit.estimators.dense import block_fisher, full_fisher
 from fisherkit.estimators.diagonal import diagonal_fisher
 from fisherkit.estimators.fisher_type import FISHER_TYPES
 from fisherkit.estimators.kronecker import APPROXIMATIONS, ekfac_fisher, kfac_fisher
+from fisherkit.estimators.trace import per_sample_fisher_trace
 
 __all__ = [
     "APPROXIMATIONS",
@@ -13,4 +14,5 @@ __all__ = [
     "ekfac_fisher",
     "full_fisher",
     "kfac_fisher",
+    "per_sample_fisher_trace",
 ]

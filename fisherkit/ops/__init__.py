@@ -4,6 +4,7 @@ from fisherkit.ops.dispatch import BACKENDS, choose_backend
 from fisherkit.ops.extension import extension_status
 from fisherkit.ops.kfac_factor import kfac_factor_update, kfac_factor_update_reference
 from fisherkit.ops.sqgrad import sqgrad_accumulate, sqgrad_accumulate_reference
+from fisherkit.ops.sqnorm import persample_sqnorm, persample_sqnorm_reference
 
 __all__ = [
     "BACKENDS",
@@ -11,6 +12,8 @@ __all__ = [
     "extension_status",
     "kfac_factor_update",
     "kfac_factor_update_reference",
+    "persample_sqnorm",
+    "persample_sqnorm_reference",
     "sqgrad_accumulate",
     "sqgrad_accumulate_reference",
 ]

@@ -18,3 +18,9 @@ def register_fakes() -> None:
     @torch.library.register_fake("fisherkit::kfac_factor_update_")
     def _kfac_factor_update_fake(factor: Tensor, inputs: Tensor, alpha: float, beta: float, append_ones: bool) -> None:
         return None
+
+    @torch.library.register_fake("fisherkit::persample_sqnorm_")
+    def _persample_sqnorm_fake(
+        out: Tensor, grad_output: Tensor, inputs: Tensor, scale: float, bias: bool, gram: bool
+    ) -> None:
+        return None

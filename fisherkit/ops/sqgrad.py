@@ -55,16 +55,21 @@ def sqgrad_accumulate(
     return out
 
 
+def check_layer_operands(op: str, grad_output: Tensor, inputs: Tensor) -> None:
+    """Raises ``ValueError`` unless ``grad_output`` is ``(K, N, T, O)`` and ``inputs`` ``(N, T, I)``."""
+    if grad_output.dim() != 4 or inputs.dim() != 3 or inputs.shape[:2] != grad_output.shape[1:3]:
+        raise ValueError(
+            f"{op} needs grad_output (K, N, T, O) and inputs (N, T, I) with the same N and T; got "
+            f"{tuple(grad_output.shape)} and {tuple(inputs.shape)}"
+        )
+
+
 def _check(out: Tensor, grad_output: Tensor, inputs: Tensor, bias_out: Tensor | None) -> None:
     if out.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"sqgrad_accumulate accumulates in float32 or float64; got out of dtype {out.dtype}")
-    if grad_output.dim() != 4 or inputs.dim() != 3:
-        raise ValueError(
-            f"sqgrad_accumulate needs grad_output (K, N, T, O) and inputs (N, T, I); got "
-            f"{tuple(grad_output.shape)} and {tuple(inputs.shape)}"
-        )
-    _, n, t, o = grad_output.shape
-    if inputs.shape[:2] != (n, t) or tuple(out.shape) != (o, inputs.shape[2]):
+    check_layer_operands("sqgrad_accumulate", grad_output, inputs)
+    o = grad_output.shape[3]
+    if tuple(out.shape) != (o, inputs.shape[2]):
         raise ValueError(
             f"sqgrad_accumulate shapes disagree: out {tuple(out.shape)}, grad_output "
             f"{tuple(grad_output.shape)}, inputs {tuple(inputs.shape)}"

@@ -2,9 +2,9 @@
 
 Triton is imported only when ``triton_status()`` is first asked, never by ``import fisherkit``. The
 kernels run on CUDA tensors, or on CPU tensors in Triton's interpreter when ``TRITON_INTERPRET=1``
-was set before Triton was imported (how CI tests them without a GPU). Both ops are registered as
+was set before Triton was imported (how CI tests them without a GPU). The ops are registered as
 ``fisherkit::`` custom ops with fake implementations, so ``torch.compile`` can trace through them.
-They accumulate in float32; float64 accumulators go to the reference implementation.
+All three accumulate in float32; float64 accumulators go to the reference implementation.
 """
 
 from __future__ import annotations
@@ -69,6 +69,34 @@ def _register_ops() -> None:
     def _(out: Tensor, grad_output: Tensor, inputs: Tensor, scale: float) -> None:
         return None
 
+    @torch.library.custom_op("fisherkit::persample_sqnorm_triton", mutates_args=("out",))
+    def sqnorm(out: Tensor, grad_output: Tensor, inputs: Tensor, scale: float, gram: bool) -> None:
+        columns, samples, positions, out_features = grad_output.shape
+        in_features = inputs.shape[2]
+        half = grad_output.dtype == inputs.dtype and grad_output.dtype in (torch.float16, torch.bfloat16)
+        if not half:
+            grad_output, inputs = grad_output.float(), inputs.float()
+        strides = (*grad_output.stride(), *inputs.stride())
+        if gram:
+            norms = torch.empty(columns * samples, dtype=torch.float32, device=out.device)
+            kernels.sqnorm_gram_kernel[(columns * samples,)](
+                grad_output, inputs, norms, samples, positions, out_features, in_features, *strides,
+                HALF_INPUTS=half, BLOCK_T=BLOCK_REDUCE, BLOCK_F=BLOCK,
+            )  # fmt: skip
+        else:
+            grid = (columns * samples, kernels.grid_size(out_features, BLOCK), kernels.grid_size(in_features, BLOCK))
+            partial = torch.empty(grid[0], grid[1] * grid[2], dtype=torch.float32, device=out.device)
+            kernels.sqnorm_tiles_kernel[grid](
+                grad_output, inputs, partial, samples, positions, out_features, in_features, *strides,
+                HALF_INPUTS=half, BLOCK_O=BLOCK, BLOCK_I=BLOCK, BLOCK_T=BLOCK_REDUCE,
+            )  # fmt: skip
+            norms = partial.sum(1)
+        out.add_(norms.view(columns, samples), alpha=scale)
+
+    @sqnorm.register_fake
+    def _(out: Tensor, grad_output: Tensor, inputs: Tensor, scale: float, gram: bool) -> None:
+        return None
+
     @torch.library.custom_op("fisherkit::syrk_lower_triton", mutates_args=("factor",))
     def syrk_lower(factor: Tensor, inputs: Tensor, alpha: float, beta: float) -> None:
         dim = inputs.shape[1]
@@ -98,6 +126,15 @@ def sqgrad_accumulate_triton(
     if bias_out is not None:
         bias = grad_output.to(torch.float32).sum(2)
         bias_out.add_((bias * bias).sum((0, 1)), alpha=scale)
+
+
+def persample_sqnorm_triton(
+    out: Tensor, grad_output: Tensor, inputs: Tensor, scale: float, bias: bool, gram: bool
+) -> None:
+    """Shared positions (T > 1) through the Gram or the tile kernel; the bias ‖Σ_t g‖² in torch."""
+    torch.ops.fisherkit.persample_sqnorm_triton(out, grad_output, inputs, float(scale), bool(gram))
+    if bias:
+        out.add_(grad_output.to(torch.float32).sum(2).square().sum(-1), alpha=scale)
 
 
 def kfac_factor_update_triton(factor: Tensor, inputs: Tensor, alpha: float, beta: float, append_ones: bool) -> None:

@@ -1,4 +1,5 @@
-"""Triton kernels for ``sqgrad_accumulate`` (shared positions, T > 1) and ``kfac_factor_update``.
+"""Triton kernels for ``sqgrad_accumulate`` and ``persample_sqnorm`` (shared positions, T > 1) and
+``kfac_factor_update``.
 
 Imported only by ``fisherkit.ops.triton_backend`` after Triton is known to work. One launch
 configuration each, so nothing autotunes (and the CPU interpreter, ``TRITON_INTERPRET=1``, runs them
@@ -10,6 +11,14 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def _dot(left, right, HALF_INPUTS: tl.constexpr):
+    """left @ right in float32: tensor cores for half inputs, ``ieee`` precision otherwise."""
+    if HALF_INPUTS:
+        return tl.dot(left, right)
+    return tl.dot(left.to(tl.float32), right.to(tl.float32), input_precision="ieee")
 
 
 @triton.jit
@@ -46,14 +55,100 @@ def sqgrad_tiles_kernel(
                     mask=(steps[:, None] < positions) & (cols[None, :] < in_features),
                     other=0.0,
                 )
-                if HALF_INPUTS:
-                    tile += tl.dot(tl.trans(g), a)
-                else:
-                    tile += tl.dot(tl.trans(g.to(tl.float32)), a.to(tl.float32), input_precision="ieee")
+                tile += _dot(tl.trans(g), a, HALF_INPUTS)
             acc += tile * tile
     mask = (rows[:, None] < out_features) & (cols[None, :] < in_features)
     offsets = split * out_features * in_features + rows[:, None] * in_features + cols[None, :]
     tl.store(partial_ptr + offsets, acc, mask=mask)
+
+
+@triton.jit
+def _gram_block(
+    ptr, first, second, positions, features, stride_t, stride_f,
+    HALF_INPUTS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr,
+):  # fmt: skip
+    """X[first] X[second]ᵀ for two blocks of positions of one sample's ``(T, F)`` matrix X."""
+    rows = first * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = second * BLOCK_T + tl.arange(0, BLOCK_T)
+    acc = tl.zeros((BLOCK_T, BLOCK_T), dtype=tl.float32)
+    for start in range(0, features, BLOCK_F):
+        f = start + tl.arange(0, BLOCK_F)
+        left = tl.load(
+            ptr + rows[:, None] * stride_t + f[None, :] * stride_f,
+            mask=(rows[:, None] < positions) & (f[None, :] < features),
+            other=0.0,
+        )
+        right = tl.load(
+            ptr + cols[:, None] * stride_t + f[None, :] * stride_f,
+            mask=(cols[:, None] < positions) & (f[None, :] < features),
+            other=0.0,
+        )
+        acc += _dot(left, tl.trans(right), HALF_INPUTS)
+    return acc
+
+
+@triton.jit
+def sqnorm_gram_kernel(
+    g_ptr, a_ptr, norms_ptr,
+    samples, positions, out_features, in_features,
+    g_stride_k, g_stride_n, g_stride_t, g_stride_o,
+    a_stride_n, a_stride_t, a_stride_i,
+    HALF_INPUTS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr,
+):  # fmt: skip
+    """norms[k·N + n] = Σ_{t,t'} (G Gᵀ)_{tt'} (A Aᵀ)_{tt'} = ‖Gᵀ A‖²_F for one column and sample,
+    over the lower triangle of position blocks (off-diagonal blocks counted twice)."""
+    pid = tl.program_id(0)
+    k = pid // samples
+    n = pid % samples
+    g_base = g_ptr + k * g_stride_k + n * g_stride_n
+    a_base = a_ptr + n * a_stride_n
+    total = 0.0
+    for first in range(0, tl.cdiv(positions, BLOCK_T)):
+        for second in range(0, first + 1):
+            gg = _gram_block(
+                g_base, first, second, positions, out_features, g_stride_t, g_stride_o, HALF_INPUTS, BLOCK_T, BLOCK_F
+            )
+            aa = _gram_block(
+                a_base, first, second, positions, in_features, a_stride_t, a_stride_i, HALF_INPUTS, BLOCK_T, BLOCK_F
+            )
+            weight = tl.where(second < first, 2.0, 1.0)
+            total += weight * tl.sum(gg * aa)
+    tl.store(norms_ptr + pid, total)
+
+
+@triton.jit
+def sqnorm_tiles_kernel(
+    g_ptr, a_ptr, partial_ptr,
+    samples, positions, out_features, in_features,
+    g_stride_k, g_stride_n, g_stride_t, g_stride_o,
+    a_stride_n, a_stride_t, a_stride_i,
+    HALF_INPUTS: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_T: tl.constexpr,
+):  # fmt: skip
+    """partial[k·N + n, tile] = ‖(Gᵀ A)[tile]‖²_F: one (BLOCK_O, BLOCK_I) tile of one per-sample
+    gradient, complete in registers before it is squared."""
+    pid = tl.program_id(0)
+    tile_o = tl.program_id(1)
+    tile_i = tl.program_id(2)
+    k = pid // samples
+    n = pid % samples
+    rows = tile_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    cols = tile_i * BLOCK_I + tl.arange(0, BLOCK_I)
+    tile = tl.zeros((BLOCK_O, BLOCK_I), dtype=tl.float32)
+    for start in range(0, positions, BLOCK_T):
+        steps = start + tl.arange(0, BLOCK_T)
+        g = tl.load(
+            g_ptr + k * g_stride_k + n * g_stride_n + steps[:, None] * g_stride_t + rows[None, :] * g_stride_o,
+            mask=(steps[:, None] < positions) & (rows[None, :] < out_features),
+            other=0.0,
+        )
+        a = tl.load(
+            a_ptr + n * a_stride_n + steps[:, None] * a_stride_t + cols[None, :] * a_stride_i,
+            mask=(steps[:, None] < positions) & (cols[None, :] < in_features),
+            other=0.0,
+        )
+        tile += _dot(tl.trans(g), a, HALF_INPUTS)
+    tiles = tl.num_programs(1) * tl.num_programs(2)
+    tl.store(partial_ptr + pid * tiles + tile_o * tl.num_programs(2) + tile_i, tl.sum(tile * tile))
 
 
 @triton.jit
@@ -81,10 +176,7 @@ def syrk_lower_kernel(
             mask=(samples[:, None] < rows_total) & (cols[None, :] < dim),
             other=0.0,
         )
-        if HALF_INPUTS:
-            acc += tl.dot(tl.trans(left), right)
-        else:
-            acc += tl.dot(tl.trans(left.to(tl.float32)), right.to(tl.float32), input_precision="ieee")
+        acc += _dot(tl.trans(left), right, HALF_INPUTS)
     mask = (rows[:, None] < dim) & (cols[None, :] < dim)
     pointers = factor_ptr + rows[:, None] * factor_stride + cols[None, :]
     old = tl.load(pointers, mask=mask, other=0.0)

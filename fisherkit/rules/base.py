@@ -49,9 +49,9 @@ class LayerCall:
 class LayerRule:
     """Per-layer math for the parameters a module owns directly.
 
-    Subclasses must implement ``per_sample_grads``; ``accumulate_sqgrad`` is an optional fast path
-    that should never materialize per-sample gradients. Rules with a Kronecker factorization (KFAC,
-    EKFAC) also implement ``kronecker_layout`` and ``kronecker_chunks``.
+    Subclasses must implement ``per_sample_grads``; ``accumulate_sqgrad`` and ``accumulate_sqnorm``
+    are optional fast paths that should never materialize per-sample gradients. Rules with a
+    Kronecker factorization (KFAC, EKFAC) also implement ``kronecker_layout`` and ``kronecker_chunks``.
 
     Attributes:
         input_factor_diagonal: The input factor is diagonal (embedding token frequencies) and is the
@@ -94,6 +94,22 @@ class LayerRule:
         """
         for name, g in self.per_sample_grads(module, call, grad_output, out.keys()).items():
             out[name].add_(g.square().sum((0, 1)))
+
+    def accumulate_sqnorm(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str], out: Tensor
+    ) -> None:
+        """Adds ‖per-sample gradient‖² over the listed parameters into ``out``; by default from
+        ``per_sample_grads``.
+
+        Args:
+            module: The layer.
+            call: Its captured call.
+            grad_output: ``(K, B, *output.shape[1:])`` gradients w.r.t. the layer output.
+            names: Direct parameter names to include.
+            out: ``(K, B)`` float32 or float64 accumulator.
+        """
+        for g in self.per_sample_grads(module, call, grad_output, names).values():
+            out.add_(g.to(out.dtype).flatten(2).square().sum(-1))
 
     def kronecker_layout(self, module: nn.Module, names: Collection[str]) -> KroneckerLayout | None:
         """The Kronecker view of the requested parameters, or None when the rule has none (the

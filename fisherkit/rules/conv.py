@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from fisherkit.curvature.kronecker_layout import KroneckerLayout
-from fisherkit.ops import sqgrad_accumulate
+from fisherkit.ops import persample_sqnorm, sqgrad_accumulate
 from fisherkit.rules.base import LayerCall, LayerRule, requested
 from fisherkit.rules.registry import register_rule
 
@@ -97,3 +97,19 @@ class ConvRule(LayerRule):
             columns, batch = grad_output.shape[:2]
             bias_grads = grad_output.reshape(columns, batch, module.out_channels, -1).sum(-1)
             out["bias"].add_(bias_grads.to(out["bias"].dtype).square().sum((0, 1)))
+
+    def accumulate_sqnorm(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str], out: Tensor
+    ) -> None:
+        bias = requested(names, module, "bias")
+        if requested(names, module, "weight"):
+            start = 0
+            for u, g in self.kronecker_pairs(module, call, grad_output):
+                part = out[:, start : start + u.shape[0]]
+                for group in range(module.groups):
+                    persample_sqnorm(part, g[:, :, group], u[:, group], bias=bias)
+                start += u.shape[0]
+        elif bias:
+            columns, batch = grad_output.shape[:2]
+            bias_grads = grad_output.reshape(columns, batch, module.out_channels, -1).sum(-1)
+            out.add_(bias_grads.to(out.dtype).square().sum(-1))

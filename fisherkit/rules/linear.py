@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from fisherkit.curvature.kronecker_layout import KroneckerLayout
-from fisherkit.ops import sqgrad_accumulate
+from fisherkit.ops import persample_sqnorm, sqgrad_accumulate
 from fisherkit.rules.base import LayerCall, LayerRule, flatten_positions, requested
 from fisherkit.rules.registry import register_rule
 
@@ -41,6 +41,16 @@ class LinearRule(LayerRule):
             sqgrad_accumulate(out["weight"], g, a, bias_out=out.get("bias"))
         elif "bias" in out:
             out["bias"].add_(g.sum(2).to(out["bias"].dtype).square().sum((0, 1)))
+
+    def accumulate_sqnorm(
+        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str], out: Tensor
+    ) -> None:
+        g = flatten_positions(grad_output, 2, 1)
+        bias = requested(names, module, "bias")
+        if requested(names, module, "weight"):
+            persample_sqnorm(out, g, flatten_positions(call.input, 1, 1), bias=bias)
+        elif bias:
+            out.add_(g.sum(2).to(out.dtype).square().sum(-1))
 
     def kronecker_layout(self, module: nn.Module, names: Collection[str]) -> KroneckerLayout | None:
         if not requested(names, module, "weight"):

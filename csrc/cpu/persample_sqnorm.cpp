@@ -1,0 +1,64 @@
+// CPU implementation of fisherkit::persample_sqnorm_.
+//
+// out[k, n] += scale * ||sum_t g[k,n,t,:] a[n,t,:]^T||_F^2 (+ ||sum_t g[k,n,t,:]||^2 with bias).
+// T == 1: ||g||^2 ||a||^2. T > 1, gram: sum_{t,t'} (G G^T)_{tt'} (A A^T)_{tt'}; otherwise the
+// per-sample tiles G^T A are formed a few samples at a time into a cache-sized scratch buffer,
+// squared and summed. The caller chooses the cheaper form; a [N, O, I] tensor never exists.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+namespace fisherkit {
+namespace {
+
+constexpr int64_t kScratchBytes = 2 << 20;
+
+}  // namespace
+
+void persample_sqnorm_cpu(at::Tensor out, const at::Tensor& grad_output, const at::Tensor& inputs, double scale,
+                          bool bias, bool gram) {
+  TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble,
+              "persample_sqnorm_: out must be float32 or float64");
+  TORCH_CHECK(grad_output.dim() == 4 && inputs.dim() == 3, "persample_sqnorm_: need g (K,N,T,O) and a (N,T,I)");
+  TORCH_CHECK(inputs.size(0) == grad_output.size(1) && inputs.size(1) == grad_output.size(2),
+              "persample_sqnorm_: N or T disagree");
+  TORCH_CHECK(out.dim() == 2 && out.size(0) == grad_output.size(0) && out.size(1) == grad_output.size(1),
+              "persample_sqnorm_: out must be (K, N)");
+  const auto dtype = out.scalar_type();
+  const auto g = grad_output.to(dtype);
+  const auto a = inputs.to(dtype);
+  const int64_t columns = g.size(0), samples = g.size(1), positions = g.size(2);
+  if (positions == 1) {
+    const auto g_squared = g.select(2, 0).square().sum(-1);
+    auto a_squared = a.select(1, 0).square().sum(-1);
+    if (bias) {
+      a_squared.add_(1.0);
+    }
+    out.add_(g_squared * a_squared, scale);
+    return;
+  }
+  const int64_t per_sample = gram ? positions * positions : g.size(3) * a.size(2);
+  const int64_t chunk = std::max<int64_t>(1, kScratchBytes / std::max<int64_t>(1, columns * per_sample * out.element_size()));
+  for (int64_t start = 0; start < samples; start += chunk) {
+    const int64_t length = std::min(chunk, samples - start);
+    const auto g_chunk = g.narrow(1, start, length);
+    const auto a_chunk = a.narrow(0, start, length);
+    at::Tensor norms;
+    if (gram) {
+      norms = (at::matmul(g_chunk, g_chunk.transpose(-1, -2)) * at::matmul(a_chunk, a_chunk.transpose(-1, -2)))
+                  .sum(at::IntArrayRef{-2, -1});
+    } else {
+      auto tiles = at::matmul(g_chunk.transpose(-1, -2), a_chunk.unsqueeze(0));
+      norms = tiles.mul_(tiles).sum(at::IntArrayRef{-2, -1});
+    }
+    out.narrow(1, start, length).add_(norms, scale);
+  }
+  if (bias) {
+    out.add_(g.sum(2).square().sum(-1), scale);
+  }
+}
+
+TORCH_LIBRARY_IMPL(fisherkit, CPU, m) { m.impl("persample_sqnorm_", &persample_sqnorm_cpu); }
+
+}  // namespace fisherkit

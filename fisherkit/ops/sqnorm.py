@@ -1,0 +1,96 @@
+"""``persample_sqnorm``: squared norms of a Linear-type layer's per-sample gradients, never formed.
+
+For per-sample gradients P_{k,n} = Σ_t g_{k,n,t} a_{n,t}ᵀ (k columns, n samples, t shared
+positions), ``out[k, n] += scale · (‖P_{k,n}‖²_F + ‖Σ_t g_{k,n,t}‖²)`` (the second term only with
+``bias``). Without sharing (T = 1) ‖g aᵀ‖² = ‖g‖²‖a‖². With sharing there are two exact forms:
+
+* Gram: ‖GᵀA‖²_F = Σ_{t,t'} (G Gᵀ)_{tt'} (A Aᵀ)_{tt'}, cost T²(O + I) per sample;
+* tiles: P formed a few samples at a time, squared and summed, cost T·O·I per sample;
+
+and the cheaper one is used (Gram when T(O + I) ≤ O·I). Neither materializes ``[N, O, I]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fisherkit.ops.dispatch import choose_backend
+from fisherkit.ops.sqgrad import SCRATCH_BYTES, check_layer_operands
+
+
+def persample_sqnorm(
+    out: Tensor,
+    grad_output: Tensor,
+    inputs: Tensor,
+    scale: float = 1.0,
+    bias: bool = False,
+    backend: str | None = None,
+) -> Tensor:
+    """Adds ``scale · ‖per-sample gradient‖²`` of every column and sample into ``out`` in place.
+
+    Args:
+        out: ``(K, N)`` float32 or float64 accumulator (sum over layers by calling once per layer).
+        grad_output: ``(K, N, T, O)`` output gradients g.
+        inputs: ``(N, T, I)`` layer inputs a.
+        scale: Multiplier of the squared norms (e.g. 1/batch² when the loss was a batch mean).
+        bias: Also add the bias gradient's ‖Σ_t g_{k,n,t}‖².
+        backend: ``"reference"``, ``"cpp"``, ``"triton"`` or ``None`` (see ``fisherkit.ops.dispatch``).
+            Triton serves float32 accumulators (one kernel per form, deterministic); float64 goes
+            through the reference.
+
+    Returns:
+        ``out``. Products are formed in ``out.dtype`` (never squared in half precision).
+    """
+    check_layer_operands("persample_sqnorm", grad_output, inputs)
+    columns, samples, positions, out_features = grad_output.shape
+    if out.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"persample_sqnorm accumulates in float32 or float64; got out of dtype {out.dtype}")
+    if tuple(out.shape) != (columns, samples):
+        raise ValueError(
+            f"persample_sqnorm: out must have shape (K, N) = ({columns}, {samples}); got {tuple(out.shape)}"
+        )
+    gram = gram_is_cheaper(positions, out_features, inputs.shape[2])
+    chosen = choose_backend(backend, out, grad_output, inputs)
+    if chosen == "cpp":
+        torch.ops.fisherkit.persample_sqnorm_(out, grad_output, inputs, float(scale), bool(bias), gram)
+    elif chosen == "triton" and out.dtype == torch.float32 and positions > 1:
+        from fisherkit.ops.triton_backend import persample_sqnorm_triton
+
+        persample_sqnorm_triton(out, grad_output, inputs, scale, bias, gram)
+    else:  # also Triton's T = 1 (closed form) and float64 cases
+        persample_sqnorm_reference(out, grad_output, inputs, scale, bias, gram)
+    return out
+
+
+def gram_is_cheaper(positions: int, out_features: int, in_features: int) -> bool:
+    """The T×T Gram form costs T²(O + I) per sample, the tiles T·O·I."""
+    return positions * (out_features + in_features) <= out_features * in_features
+
+
+def persample_sqnorm_reference(
+    out: Tensor, grad_output: Tensor, inputs: Tensor, scale: float = 1.0, bias: bool = False, gram: bool = True
+) -> Tensor:
+    """The pure-torch implementation of ``persample_sqnorm`` (``gram`` picks the form for T > 1)."""
+    dtype = out.dtype
+    columns, samples, positions, out_features = grad_output.shape
+    in_features = inputs.shape[2]
+    if positions == 1:
+        g_squared = grad_output[:, :, 0].to(dtype).square().sum(-1)
+        a_squared = inputs[:, 0].to(dtype).square().sum(-1)
+        total = g_squared * (a_squared + 1) if bias else g_squared * a_squared
+        return out.add_(total, alpha=scale)
+    scratch = columns * (positions * positions if gram else out_features * in_features) * out.element_size()
+    chunk = max(1, SCRATCH_BYTES // max(1, scratch))
+    for start in range(0, samples, chunk):
+        g = grad_output[:, start : start + chunk].to(dtype)
+        a = inputs[start : start + chunk].to(dtype)
+        if gram:
+            norms = (torch.matmul(g, g.transpose(-1, -2)) * torch.matmul(a, a.transpose(-1, -2))).sum((-2, -1))
+        else:
+            tiles = torch.matmul(g.transpose(-1, -2), a.unsqueeze(0))
+            norms = tiles.mul_(tiles).sum((-2, -1))
+        out[:, start : start + chunk].add_(norms, alpha=scale)
+    if bias:
+        out.add_(grad_output.to(dtype).sum(2).square().sum(-1), alpha=scale)
+    return out
