@@ -1,4 +1,5 @@
-"""GPU op benchmark: the fused squared-gradient kernel and the KFAC factor update against cuBLAS.
+"""GPU op benchmark: the fused squared-gradient and per-sample-norm kernels and the KFAC factor update
+against cuBLAS.
 
 Usage (on a CUDA machine)::
 
@@ -7,8 +8,9 @@ Usage (on a CUDA machine)::
 Linear 4096 × 4096, B = 64, T ∈ {1, 128, 512}, float32 and bfloat16 inputs. For each case: time of
 ``sqgrad_accumulate`` (auto dispatch: Triton for T > 1, one cuBLAS GEMM for T = 1), time of the plain
 weight-gradient GEMM Gᵀ A over the same (N·T) rows in the same run, useful TFLOP/s (the per-sample
-tiles' 2·N·T·O·I FLOPs), effective GB/s of the inputs read, the ratio, and peak memory. Then
-``kfac_factor_update`` on (N·T, 4096) rows against ``torch.addmm`` on the full square.
+tiles' 2·N·T·O·I FLOPs), effective GB/s of the inputs read, the ratio, and peak memory; the same
+for ``persample_sqnorm`` (at these shapes the Gram form). Then ``kfac_factor_update`` on
+(N·T, 4096) rows against ``torch.addmm`` on the full square.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import argparse
 
 import torch
 
-from fisherkit.ops import kfac_factor_update, sqgrad_accumulate
+from fisherkit.ops import kfac_factor_update, persample_sqnorm, sqgrad_accumulate
 
 
 def cuda_seconds(fn, repeats: int) -> float:
@@ -66,14 +68,21 @@ def main() -> None:
             def gemm(rows_g=rows_g, rows_a=rows_a) -> None:
                 torch.matmul(rows_g.T, rows_a)
 
-            seconds, baseline = cuda_seconds(fused, args.repeats), cuda_seconds(gemm, args.repeats)
+            norms = torch.zeros(1, batch, device="cuda")
+
+            def sqnorm(norms=norms, g=g, a=a) -> None:
+                persample_sqnorm(norms, g, a)
+
+            baseline = cuda_seconds(gemm, args.repeats)
             flops = 2 * batch * positions * features * features
             read = (g.numel() + a.numel()) * g.element_size()
-            print(
-                f"| sqgrad_accumulate | {str(dtype)[6:]} | {positions} | {1000 * seconds:.2f} | "
-                f"{flops / seconds / 1e12:.1f} | {read / seconds / 1e9:.0f} | {1000 * baseline:.2f} | "
-                f"{seconds / baseline:.2f} | {peak_bytes(fused) / 2**20:.0f} |"
-            )
+            for name, op in (("sqgrad_accumulate", fused), ("persample_sqnorm", sqnorm)):
+                seconds = cuda_seconds(op, args.repeats)
+                print(
+                    f"| {name} | {str(dtype)[6:]} | {positions} | {1000 * seconds:.2f} | "
+                    f"{flops / seconds / 1e12:.1f} | {read / seconds / 1e9:.0f} | {1000 * baseline:.2f} | "
+                    f"{seconds / baseline:.2f} | {peak_bytes(op) / 2**20:.0f} |"
+                )
             factor = torch.zeros(features, features, device="cuda")
 
             def syrk(factor=factor, rows=rows_a) -> None:

@@ -7,6 +7,7 @@ import torch
 from oracles import TOLERANCES, flatten
 
 import fisherkit as fk
+from fisherkit.curvature.quadratic_form import block_quadratic
 
 TOL = TOLERANCES[torch.float64]
 F64 = torch.float64
@@ -231,3 +232,19 @@ def test_non_finite_factors_and_singular_matrices_are_named():
     dense = fk.DenseBlock(("w",), (torch.Size([2]),), torch.zeros(2, 2, dtype=F64))
     with pytest.raises(ValueError, match="not positive definite; pass damping > 0"):
         dense.solve([torch.ones(2, dtype=F64)], 0.0)
+
+
+def test_block_quadratic_value_and_gradient_match_the_dense_form_and_finite_differences():
+    blocks = _blocks(5)
+    blocks.append(fk.SumBlock(blocks[0].names, blocks[0].shapes, [blocks[0], _blocks(6)[0].scaled(0.5)]))
+    g = torch.Generator().manual_seed(9)
+    for block in blocks:
+        params = [torch.randn(s, generator=g, dtype=F64, requires_grad=True) for s in block.shapes]
+        anchors = [torch.randn(s, generator=g, dtype=F64) for s in block.shapes]
+        value = block_quadratic(block, params, anchors)
+        difference = flatten([p.detach() - a for p, a in zip(params, anchors)])
+        dense = block.to_dense()
+        torch.testing.assert_close(value, difference @ dense @ difference, **TOLERANCES[F64])
+        value.backward()
+        torch.testing.assert_close(flatten([p.grad for p in params]), 2 * dense @ difference, **TOLERANCES[F64])
+        torch.autograd.gradcheck(lambda *p, block=block, a=anchors: block_quadratic(block, p, a), tuple(params))

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from fisherkit.continual.regularizer import Regularizer, check_anchor, check_state_names
 from fisherkit.curvature import Curvature
+from fisherkit.curvature.quadratic_form import block_quadratic
 from fisherkit.estimators import block_fisher, diagonal_fisher, ekfac_fisher, kfac_fisher
 
 ESTIMATORS = {"diagonal": diagonal_fisher, "kfac": kfac_fisher, "ekfac": ekfac_fisher, "block": block_fisher}
@@ -95,8 +96,7 @@ class EWC(Regularizer):
                 check_anchor("EWC", name, parameter, anchor[name])
             for fisher in fishers:
                 for block in fisher.blocks:
-                    difference = [now[n] - anchor[n] for n in block.names]
-                    value = sum((d * f).sum() for d, f in zip(difference, block.mv(difference)))
+                    value = block_quadratic(block, [now[n] for n in block.names], [anchor[n] for n in block.names])
                     key = block.label
                     terms[key] = terms[key] + value if key in terms else value
         return {key: 0.5 * self.strength * value for key, value in terms.items()}
