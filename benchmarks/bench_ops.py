@@ -18,7 +18,7 @@ import argparse
 import torch
 from measure import interleaved_median_seconds, peak_tensor_bytes
 
-from fisherkit.ops import BACKENDS, extension_status, kfac_factor_update, persample_sqnorm, sqgrad_accumulate
+from fisherkit.ops import extension_status, kfac_factor_update, persample_sqnorm, sqgrad_accumulate
 
 LAYER_SHAPES = {  # (K, N, T, O, I): mlp- and seq-sized layers
     "mlp 784→512, T=1": (1, 256, 1, 512, 784),
@@ -29,7 +29,8 @@ KFAC_SHAPES = {"D=785 (mlp input + bias), N=256": (256, 784), "D=2049, N=1024": 
 
 
 def _backends() -> list[str]:
-    return [b for b in BACKENDS if b != "cpp" or extension_status().available]
+    """The CPU backends (Triton on CPU is only its interpreter, a correctness tool)."""
+    return ["reference"] + (["cpp"] if extension_status().available else [])
 
 
 def bench_layer_ops(repeats: int) -> list[str]:

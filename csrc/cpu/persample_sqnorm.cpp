@@ -2,7 +2,7 @@
 //
 // out[k, n] += scale * ||sum_t g[k,n,t,:] a[n,t,:]^T||_F^2 (+ ||sum_t g[k,n,t,:]||^2 with bias).
 // T == 1: ||g||^2 ||a||^2. T > 1, gram: sum_{t,t'} (G G^T)_{tt'} (A A^T)_{tt'}; otherwise the
-// per-sample tiles G^T A are formed a few samples at a time into a cache-sized scratch buffer,
+// per-sample tiles G^T A are formed a few samples at a time into a reused scratch buffer,
 // squared and summed. The caller chooses the cheaper form; a [N, O, I] tensor never exists.
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -12,7 +12,7 @@
 namespace fisherkit {
 namespace {
 
-constexpr int64_t kScratchBytes = 2 << 20;
+constexpr int64_t kScratchBytes = 8 << 20;  // as in sqgrad_accumulate.cpp
 
 }  // namespace
 
@@ -38,21 +38,31 @@ void persample_sqnorm_cpu(at::Tensor out, const at::Tensor& grad_output, const a
     out.add_(g_squared * a_squared, scale);
     return;
   }
-  const int64_t per_sample = gram ? positions * positions : g.size(3) * a.size(2);
-  const int64_t chunk = std::max<int64_t>(1, kScratchBytes / std::max<int64_t>(1, columns * per_sample * out.element_size()));
-  for (int64_t start = 0; start < samples; start += chunk) {
-    const int64_t length = std::min(chunk, samples - start);
-    const auto g_chunk = g.narrow(1, start, length);
-    const auto a_chunk = a.narrow(0, start, length);
-    at::Tensor norms;
-    if (gram) {
-      norms = (at::matmul(g_chunk, g_chunk.transpose(-1, -2)) * at::matmul(a_chunk, a_chunk.transpose(-1, -2)))
-                  .sum(at::IntArrayRef{-2, -1});
-    } else {
-      auto tiles = at::matmul(g_chunk.transpose(-1, -2), a_chunk.unsqueeze(0));
-      norms = tiles.mul_(tiles).sum(at::IntArrayRef{-2, -1});
+  if (gram) {
+    const int64_t chunk = std::clamp<int64_t>(
+        kScratchBytes / std::max<int64_t>(1, columns * positions * positions * out.element_size()), 1, samples);
+    for (int64_t start = 0; start < samples; start += chunk) {
+      const int64_t length = std::min(chunk, samples - start);
+      const auto g_chunk = g.narrow(1, start, length);
+      const auto a_chunk = a.narrow(0, start, length);
+      const auto norms =
+          (at::matmul(g_chunk, g_chunk.transpose(-1, -2)) * at::matmul(a_chunk, a_chunk.transpose(-1, -2)))
+              .sum(at::IntArrayRef{-2, -1});
+      out.narrow(1, start, length).add_(norms, scale);
     }
-    out.narrow(1, start, length).add_(norms, scale);
+  } else {
+    // One scratch buffer for every chunk of tiles (a fresh allocation per chunk costs page faults).
+    const int64_t tile_bytes = g.size(3) * a.size(2) * out.element_size();
+    const int64_t chunk = std::clamp<int64_t>(kScratchBytes / std::max<int64_t>(1, tile_bytes), 1, samples);
+    auto scratch = at::empty({chunk, g.size(3), a.size(2)}, out.options());
+    for (int64_t k = 0; k < columns; ++k) {
+      for (int64_t start = 0; start < samples; start += chunk) {
+        const int64_t length = std::min(chunk, samples - start);
+        auto tiles = scratch.narrow(0, 0, length);
+        at::bmm_out(tiles, g.select(0, k).narrow(0, start, length).transpose(-1, -2), a.narrow(0, start, length));
+        out.select(0, k).narrow(0, start, length).add_(tiles.mul_(tiles).sum(at::IntArrayRef{-2, -1}), scale);
+      }
+    }
   }
   if (bias) {
     out.add_(g.sum(2).square().sum(-1), scale);

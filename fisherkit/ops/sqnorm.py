@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from fisherkit.ops.dispatch import choose_backend
-from fisherkit.ops.sqgrad import SCRATCH_BYTES, check_layer_operands
+from fisherkit.ops.sqgrad import SCRATCH_BYTES, check_layer_operands, tile_scratch
 
 
 def persample_sqnorm(
@@ -80,17 +80,21 @@ def persample_sqnorm_reference(
         a_squared = inputs[:, 0].to(dtype).square().sum(-1)
         total = g_squared * (a_squared + 1) if bias else g_squared * a_squared
         return out.add_(total, alpha=scale)
-    scratch = columns * (positions * positions if gram else out_features * in_features) * out.element_size()
-    chunk = max(1, SCRATCH_BYTES // max(1, scratch))
-    for start in range(0, samples, chunk):
-        g = grad_output[:, start : start + chunk].to(dtype)
-        a = inputs[start : start + chunk].to(dtype)
-        if gram:
+    if gram:
+        chunk = max(1, SCRATCH_BYTES // max(1, columns * positions * positions * out.element_size()))
+        for start in range(0, samples, chunk):
+            g = grad_output[:, start : start + chunk].to(dtype)
+            a = inputs[start : start + chunk].to(dtype)
             norms = (torch.matmul(g, g.transpose(-1, -2)) * torch.matmul(a, a.transpose(-1, -2))).sum((-2, -1))
-        else:
-            tiles = torch.matmul(g.transpose(-1, -2), a.unsqueeze(0))
-            norms = tiles.mul_(tiles).sum((-2, -1))
-        out[:, start : start + chunk].add_(norms, alpha=scale)
+            out[:, start : start + chunk].add_(norms, alpha=scale)
+    else:
+        scratch = tile_scratch(samples, out_features, in_features, out)
+        for k in range(columns):
+            for start in range(0, samples, scratch.shape[0]):
+                g = grad_output[k, start : start + scratch.shape[0]].to(dtype)
+                tiles = scratch[: g.shape[0]]
+                torch.bmm(g.transpose(-1, -2), inputs[start : start + g.shape[0]].to(dtype), out=tiles)
+                out[k, start : start + g.shape[0]].add_(tiles.mul_(tiles).sum((-2, -1)), alpha=scale)
     if bias:
         out.add_(grad_output.to(dtype).sum(2).square().sum(-1), alpha=scale)
     return out
