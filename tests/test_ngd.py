@@ -230,3 +230,23 @@ def test_levenberg_marquardt_damping_follows_the_quadratic_model():
 
     optimizer.step(classifier_closure)  # a huge step overshoots: the model is not trusted
     assert damping.last_ratio < 0.25 and damping.value == pytest.approx(2e-4)
+
+
+def test_moving_average_decay_may_be_a_schedule():
+    model, x, _ = _classifier()
+    decays = [0.0, 0.25, 0.75]
+    preconditioner = fk.NGDPreconditioner(
+        model, curvature="diagonal", fisher_type="exact", ema_decay=lambda step: decays[step], stats_every=1
+    )
+    expected = None
+    for step in range(3):
+        batch = x[8 * step : 8 * step + 8]
+        model.zero_grad()
+        model(batch).sum().backward()
+        preconditioner.precondition()
+        estimate = torch.cat([d.flatten() for d in fk.diagonal_fisher(model, batch, fisher_type="exact").diagonals])
+        expected = estimate if expected is None else decays[step] * expected + (1 - decays[step]) * estimate
+    got = torch.cat([d.flatten() for d in preconditioner.fisher.diagonal()])
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match=r"ema_decay must lie in \[0, 1\); got 1.5"):
+        fk.NGDPreconditioner(model, ema_decay=lambda step: 1.5)

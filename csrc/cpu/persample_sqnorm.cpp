@@ -12,7 +12,7 @@
 namespace fisherkit {
 namespace {
 
-constexpr int64_t kScratchBytes = 8 << 20;  // as in sqgrad_accumulate.cpp
+constexpr int64_t kScratchBytes = 2 << 20;  // as in sqgrad_accumulate.cpp
 
 }  // namespace
 

@@ -22,6 +22,30 @@ def _dot(left, right, HALF_INPUTS: tl.constexpr):
 
 
 @triton.jit
+def _per_sample_tile(
+    g_base, a_base, rows, cols, positions, out_features, in_features,
+    g_stride_t, g_stride_o, a_stride_t, a_stride_i,
+    HALF_INPUTS: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_T: tl.constexpr,
+):  # fmt: skip
+    """(Σ_t g_t a_tᵀ)[rows, cols] of one column and sample, accumulated in float32 registers."""
+    tile = tl.zeros((BLOCK_O, BLOCK_I), dtype=tl.float32)
+    for start in range(0, positions, BLOCK_T):
+        steps = start + tl.arange(0, BLOCK_T)
+        g = tl.load(
+            g_base + steps[:, None] * g_stride_t + rows[None, :] * g_stride_o,
+            mask=(steps[:, None] < positions) & (rows[None, :] < out_features),
+            other=0.0,
+        )
+        a = tl.load(
+            a_base + steps[:, None] * a_stride_t + cols[None, :] * a_stride_i,
+            mask=(steps[:, None] < positions) & (cols[None, :] < in_features),
+            other=0.0,
+        )
+        tile += _dot(tl.trans(g), a, HALF_INPUTS)
+    return tile
+
+
+@triton.jit
 def sqgrad_tiles_kernel(
     g_ptr, a_ptr, partial_ptr,
     columns, samples, positions, out_features, in_features, splits,
@@ -42,20 +66,11 @@ def sqgrad_tiles_kernel(
     acc = tl.zeros((BLOCK_O, BLOCK_I), dtype=tl.float32)
     for n in range(split, samples, splits):
         for k in range(0, columns):
-            tile = tl.zeros((BLOCK_O, BLOCK_I), dtype=tl.float32)
-            for start in range(0, positions, BLOCK_T):
-                steps = start + tl.arange(0, BLOCK_T)
-                g = tl.load(
-                    g_ptr + k * g_stride_k + n * g_stride_n + steps[:, None] * g_stride_t + rows[None, :] * g_stride_o,
-                    mask=(steps[:, None] < positions) & (rows[None, :] < out_features),
-                    other=0.0,
-                )
-                a = tl.load(
-                    a_ptr + n * a_stride_n + steps[:, None] * a_stride_t + cols[None, :] * a_stride_i,
-                    mask=(steps[:, None] < positions) & (cols[None, :] < in_features),
-                    other=0.0,
-                )
-                tile += _dot(tl.trans(g), a, HALF_INPUTS)
+            tile = _per_sample_tile(
+                g_ptr + k * g_stride_k + n * g_stride_n, a_ptr + n * a_stride_n, rows, cols,
+                positions, out_features, in_features, g_stride_t, g_stride_o, a_stride_t, a_stride_i,
+                HALF_INPUTS, BLOCK_O, BLOCK_I, BLOCK_T,
+            )  # fmt: skip
             acc += tile * tile
     mask = (rows[:, None] < out_features) & (cols[None, :] < in_features)
     offsets = split * out_features * in_features + rows[:, None] * in_features + cols[None, :]
@@ -133,20 +148,11 @@ def sqnorm_tiles_kernel(
     n = pid % samples
     rows = tile_o * BLOCK_O + tl.arange(0, BLOCK_O)
     cols = tile_i * BLOCK_I + tl.arange(0, BLOCK_I)
-    tile = tl.zeros((BLOCK_O, BLOCK_I), dtype=tl.float32)
-    for start in range(0, positions, BLOCK_T):
-        steps = start + tl.arange(0, BLOCK_T)
-        g = tl.load(
-            g_ptr + k * g_stride_k + n * g_stride_n + steps[:, None] * g_stride_t + rows[None, :] * g_stride_o,
-            mask=(steps[:, None] < positions) & (rows[None, :] < out_features),
-            other=0.0,
-        )
-        a = tl.load(
-            a_ptr + n * a_stride_n + steps[:, None] * a_stride_t + cols[None, :] * a_stride_i,
-            mask=(steps[:, None] < positions) & (cols[None, :] < in_features),
-            other=0.0,
-        )
-        tile += _dot(tl.trans(g), a, HALF_INPUTS)
+    tile = _per_sample_tile(
+        g_ptr + k * g_stride_k + n * g_stride_n, a_ptr + n * a_stride_n, rows, cols,
+        positions, out_features, in_features, g_stride_t, g_stride_o, a_stride_t, a_stride_i,
+        HALF_INPUTS, BLOCK_O, BLOCK_I, BLOCK_T,
+    )  # fmt: skip
     tiles = tl.num_programs(1) * tl.num_programs(2)
     tl.store(partial_ptr + pid * tiles + tile_o * tl.num_programs(2) + tile_i, tl.sum(tile * tile))
 

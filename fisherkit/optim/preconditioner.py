@@ -29,6 +29,13 @@ def value_at(schedule: Schedule, step: int) -> float:
     return float(schedule(step)) if callable(schedule) else float(schedule)
 
 
+def check_ema_decay(decay: float) -> float:
+    """Returns ``decay``; raises ``ValueError`` outside [0, 1)."""
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"ema_decay must lie in [0, 1); got {decay}.")
+    return decay
+
+
 class NGDPreconditioner:
     """Rewrites gradients to (F + λI)⁻¹ ∇ with a Fisher F estimated from the training batches.
 
@@ -47,7 +54,8 @@ class NGDPreconditioner:
         likelihood: ``"categorical"``, ``"gaussian"``, ``"bernoulli"`` or a ``Likelihood``.
         damping: λ > 0 (Tikhonov; π-damped for Kronecker blocks when ``pi_damping``), a number or a
             function of the step.
-        ema_decay: β ∈ [0, 1) for the statistics (0 keeps only the latest batch).
+        ema_decay: β ∈ [0, 1) for the statistics (0 keeps only the latest batch), a number or a
+            function of the step (e.g. a warm-up from 0).
         stats_every: Steps between statistics updates.
         inverse_every: Steps between inverse recomputations.
         pi_damping: Factored damping for Kronecker blocks (cheaper inverse: two matrix products).
@@ -63,7 +71,7 @@ class NGDPreconditioner:
         fisher_type: str = "mc",
         likelihood: str | Likelihood = "categorical",
         damping: Schedule = 1e-3,
-        ema_decay: float = 0.95,
+        ema_decay: Schedule = 0.95,
         stats_every: int = 10,
         inverse_every: int = 10,
         pi_damping: bool = True,
@@ -73,8 +81,7 @@ class NGDPreconditioner:
     ) -> None:
         if curvature not in CURVATURES:
             raise ValueError(f"unknown curvature {curvature!r}; choose one of {tuple(CURVATURES)}.")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must lie in [0, 1); got {ema_decay}.")
+        check_ema_decay(value_at(ema_decay, 0))
         if stats_every < 1 or inverse_every < 1:
             raise ValueError("stats_every and inverse_every must be positive integers.")
         plan = prepare_plan(model, fallback)
@@ -147,7 +154,7 @@ class NGDPreconditioner:
         if self.fisher is None:
             self.fisher = estimate
         else:
-            self.fisher.ema_(estimate, self.ema_decay)
+            self.fisher.ema_(estimate, check_ema_decay(value_at(self.ema_decay, self.steps)))
         return True
 
     def precondition(self, targets: Tensor | None = None) -> dict[str, Tensor] | None:
