@@ -117,7 +117,7 @@ def sqnorm_gram_kernel(
     n = pid % samples
     g_base = g_ptr + k * g_stride_k + n * g_stride_n
     a_base = a_ptr + n * a_stride_n
-    total = 0.0
+    acc = tl.zeros((BLOCK_T, BLOCK_T), dtype=tl.float32)
     for first in range(0, tl.cdiv(positions, BLOCK_T)):
         for second in range(0, first + 1):
             gg = _gram_block(
@@ -126,9 +126,8 @@ def sqnorm_gram_kernel(
             aa = _gram_block(
                 a_base, first, second, positions, in_features, a_stride_t, a_stride_i, HALF_INPUTS, BLOCK_T, BLOCK_F
             )
-            weight = tl.where(second < first, 2.0, 1.0)
-            total += weight * tl.sum(gg * aa)
-    tl.store(norms_ptr + pid, total)
+            acc += gg * aa * tl.where(second < first, 2.0, 1.0)
+    tl.store(norms_ptr + pid, tl.sum(acc))
 
 
 @triton.jit
