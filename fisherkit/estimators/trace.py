@@ -1,4 +1,4 @@
-"""Per-sample Fisher traces: E_y ‖∇_θ log p(y | x_n)‖² for every sample, gradients never formed."""
+"""Per-sample Fisher traces: E_y ‖∇_θ log p(y | x_n)‖² for every sample."""
 
 from __future__ import annotations
 
