@@ -250,3 +250,14 @@ def test_moving_average_decay_may_be_a_schedule():
     torch.testing.assert_close(got, expected)
     with pytest.raises(ValueError, match=r"ema_decay must lie in \[0, 1\); got 1.5"):
         fk.NGDPreconditioner(model, ema_decay=lambda step: 1.5)
+
+
+def test_outputs_that_do_not_fit_the_likelihood_are_refused_before_the_weights_move():
+    model = nn.Sequential(nn.Linear(3, 1), nn.Flatten(0))
+    optimizer = fk.NGD(model)
+    model(torch.randn(4, 3)).sum().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"categorical likelihood needs logits of shape \(B, C\)"):
+        optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert optimizer.preconditioner.steps == 0
