@@ -1,36 +1,46 @@
 """Run by test_ops_triton_compile.py without ``TRITON_INTERPRET``: compiles every fisherkit Triton
-kernel ahead of time for an NVIDIA target (no GPU needed) and prints one line per kernel."""
+kernel ahead of time, with the GPU launch configuration, for an NVIDIA target (no GPU needed) and
+prints one line per kernel with its registers and stack (spill) bytes."""
 
 from __future__ import annotations
 
 import inspect
+import os
+import re
+import subprocess
 import sys
+import tempfile
 
 import triton
+import triton.backends.nvidia as nvidia_backend
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from fisherkit.ops import triton_kernels as kernels
+from fisherkit.ops.triton_backend import GPU_CONFIG
 
-FLOAT32_POINTERS = {"partial_ptr", "norms_ptr", "factor_ptr"}
-INDEX_POINTERS = {"tile_rows_ptr", "tile_cols_ptr"}
+FLOAT32_POINTERS = {"partial_ptr", "factor_ptr"}
+INDEX_POINTERS = {"tile_rows_ptr", "tile_cols_ptr", "pair_first_ptr", "pair_second_ptr"}
 FLOAT_SCALARS = {"alpha", "beta"}
-TILES = {"BLOCK_O": 32, "BLOCK_I": 32, "BLOCK_T": 16, "BLOCK_F": 32, "BLOCK_D": 32, "BLOCK_N": 16}
-KERNELS = (
-    kernels.sqgrad_tiles_kernel,
-    kernels.sqnorm_tiles_kernel,
-    kernels.sqnorm_gram_kernel,
-    kernels.syrk_lower_kernel,
-)
+CONFIG = GPU_CONFIG
+TILE_TILES = {"BLOCK_O": CONFIG.rows, "BLOCK_I": CONFIG.cols, "BLOCK_T": CONFIG.reduce}
+KERNELS = {  # each kernel with the tile sizes its launch in triton_backend passes on a GPU
+    kernels.sqgrad_tiles_kernel: TILE_TILES,
+    kernels.sqnorm_tiles_kernel: TILE_TILES,
+    kernels.sqnorm_gram_kernel: {"BLOCK_T": CONFIG.gram, "BLOCK_F": CONFIG.cols},
+    kernels.syrk_lower_kernel: {"BLOCK_D": CONFIG.cols, "BLOCK_N": CONFIG.reduce},
+}
 
 
-def signature(kernel: triton.JITFunction, input_type: str, half: bool) -> tuple[dict[str, str], dict[str, object]]:
+def signature(
+    kernel: triton.JITFunction, tiles: dict[str, int], input_type: str, half: bool
+) -> tuple[dict[str, str], dict[str, object]]:
     """Argument types as the launches in ``triton_backend`` pass them, and the constexprs."""
     types, constexprs = {}, {}
     for name in inspect.signature(kernel.fn).parameters:
-        if name == "HALF_INPUTS" or name in TILES:
+        if name == "HALF_INPUTS" or name in tiles:
             types[name] = "constexpr"
-            constexprs[name] = half if name == "HALF_INPUTS" else TILES[name]
+            constexprs[name] = half if name == "HALF_INPUTS" else tiles[name]
         elif name in FLOAT32_POINTERS:
             types[name] = "*fp32"
         elif name in INDEX_POINTERS:
@@ -44,11 +54,27 @@ def signature(kernel: triton.JITFunction, input_type: str, half: bool) -> tuple[
 
 def main(capability: int) -> None:
     target = GPUTarget("cuda", capability, 32)
-    for kernel in KERNELS:
+    options = {"num_warps": CONFIG.num_warps, "num_stages": CONFIG.num_stages}
+    for kernel, tiles in KERNELS.items():
         for input_type, half in (("*fp32", False), ("*bf16", True)):
-            types, constexprs = signature(kernel, input_type, half)
-            compiled = triton.compile(ASTSource(kernel, types, constexprs=constexprs), target=target)
-            print(f"{kernel.fn.__name__} {input_type} sm_{capability}: {len(compiled.asm['cubin'])} bytes of cubin")
+            types, constexprs = signature(kernel, tiles, input_type, half)
+            source = ASTSource(kernel, types, constexprs=constexprs)
+            compiled = triton.compile(source, target=target, options=options)
+            usage = resource_usage(compiled.asm["cubin"])
+            print(f"{kernel.fn.__name__} {input_type} sm_{capability}: {len(compiled.asm['cubin'])} bytes, {usage}")
+
+
+def resource_usage(cubin: bytes) -> str:
+    """``REG:n STACK:m`` of a cubin, from the cuobjdump that ships with Triton (STACK > 0: spills)."""
+    tool = os.path.join(os.path.dirname(nvidia_backend.__file__), "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        report = subprocess.run([tool, "--dump-resource-usage", file.name], capture_output=True, text=True, check=True)
+    match = re.search(r"REG:\d+ STACK:\d+", report.stdout)
+    if match is None:
+        raise RuntimeError(f"no resource usage in cuobjdump's report: {report.stdout}")
+    return match.group()
 
 
 if __name__ == "__main__":

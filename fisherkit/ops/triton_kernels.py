@@ -104,30 +104,30 @@ def _gram_block(
 
 @triton.jit
 def sqnorm_gram_kernel(
-    g_ptr, a_ptr, norms_ptr,
+    g_ptr, a_ptr, pair_first_ptr, pair_second_ptr, partial_ptr,
     samples, positions, out_features, in_features,
     g_stride_k, g_stride_n, g_stride_t, g_stride_o,
     a_stride_n, a_stride_t, a_stride_i,
     HALF_INPUTS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr,
 ):  # fmt: skip
-    """norms[k·N + n] = Σ_{t,t'} (G Gᵀ)_{tt'} (A Aᵀ)_{tt'} = ‖Gᵀ A‖²_F for one column and sample,
-    over the lower triangle of position blocks (off-diagonal blocks counted twice)."""
+    """partial[k·N + n, pair] = w · Σ (G Gᵀ ⊙ A Aᵀ) over one pair (first ≥ second) of position blocks
+    of one column and sample, w = 2 off the diagonal; summed over pairs, ‖Gᵀ A‖²_F."""
     pid = tl.program_id(0)
+    pair = tl.program_id(1)
     k = pid // samples
     n = pid % samples
-    g_base = g_ptr + k * g_stride_k + n * g_stride_n
-    a_base = a_ptr + n * a_stride_n
-    acc = tl.zeros((BLOCK_T, BLOCK_T), dtype=tl.float32)
-    for first in range(0, tl.cdiv(positions, BLOCK_T)):
-        for second in range(0, first + 1):
-            gg = _gram_block(
-                g_base, first, second, positions, out_features, g_stride_t, g_stride_o, HALF_INPUTS, BLOCK_T, BLOCK_F
-            )
-            aa = _gram_block(
-                a_base, first, second, positions, in_features, a_stride_t, a_stride_i, HALF_INPUTS, BLOCK_T, BLOCK_F
-            )
-            acc += gg * aa * tl.where(second < first, 2.0, 1.0)
-    tl.store(norms_ptr + pid, tl.sum(acc))
+    first = tl.load(pair_first_ptr + pair)
+    second = tl.load(pair_second_ptr + pair)
+    gg = _gram_block(
+        g_ptr + k * g_stride_k + n * g_stride_n, first, second, positions, out_features, g_stride_t, g_stride_o,
+        HALF_INPUTS, BLOCK_T, BLOCK_F,
+    )  # fmt: skip
+    aa = _gram_block(
+        a_ptr + n * a_stride_n, first, second, positions, in_features, a_stride_t, a_stride_i,
+        HALF_INPUTS, BLOCK_T, BLOCK_F,
+    )  # fmt: skip
+    weight = tl.where(second < first, 2.0, 1.0)
+    tl.store(partial_ptr + pid * tl.num_programs(1) + pair, weight * tl.sum(gg * aa))
 
 
 @triton.jit
