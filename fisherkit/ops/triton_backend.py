@@ -81,9 +81,7 @@ def _register_ops() -> None:
     def sqgrad_tiles(out: Tensor, grad_output: Tensor, inputs: Tensor, scale: float) -> None:
         columns, samples, positions, out_features = grad_output.shape
         in_features = inputs.shape[2]
-        half = grad_output.dtype == inputs.dtype and grad_output.dtype in (torch.float16, torch.bfloat16)
-        if not half:
-            grad_output, inputs = grad_output.float(), inputs.float()
+        (grad_output, inputs), half = kernel_operands(grad_output, inputs)
         config = launch_config(out.device)
         splits = min(samples, MAX_SPLITS)
         partial = torch.empty(splits, out_features, in_features, dtype=torch.float32, device=out.device)
@@ -105,9 +103,7 @@ def _register_ops() -> None:
     def sqnorm(out: Tensor, grad_output: Tensor, inputs: Tensor, scale: float, gram: bool) -> None:
         columns, samples, positions, out_features = grad_output.shape
         in_features = inputs.shape[2]
-        half = grad_output.dtype == inputs.dtype and grad_output.dtype in (torch.float16, torch.bfloat16)
-        if not half:
-            grad_output, inputs = grad_output.float(), inputs.float()
+        (grad_output, inputs), half = kernel_operands(grad_output, inputs)
         config = launch_config(out.device)
         shape = (samples, positions, out_features, in_features, *grad_output.stride(), *inputs.stride())
         launch = {"HALF_INPUTS": half, "num_warps": config.num_warps, "num_stages": config.num_stages}
@@ -134,9 +130,7 @@ def _register_ops() -> None:
     @torch.library.custom_op("fisherkit::syrk_lower_triton", mutates_args=("factor",))
     def syrk_lower(factor: Tensor, inputs: Tensor, alpha: float, beta: float) -> None:
         dim = inputs.shape[1]
-        half = inputs.dtype in (torch.float16, torch.bfloat16)
-        if not half:
-            inputs = inputs.float()
+        (inputs,), half = kernel_operands(inputs)
         config = launch_config(factor.device)
         rows, cols = lower_triangle_tiles(kernels.grid_size(dim, config.cols), factor.device)
         kernels.syrk_lower_kernel[(len(rows),)](
@@ -149,6 +143,13 @@ def _register_ops() -> None:
     @syrk_lower.register_fake
     def _(factor: Tensor, inputs: Tensor, alpha: float, beta: float) -> None:
         return None
+
+
+def kernel_operands(*tensors: Tensor) -> tuple[list[Tensor], bool]:
+    """The operands as the kernels read them, and whether they are half precision: fp16 or bf16
+    operands of one dtype go to tensor cores (float32 accumulation); anything else becomes float32."""
+    half = len({t.dtype for t in tensors}) == 1 and tensors[0].dtype in (torch.float16, torch.bfloat16)
+    return (list(tensors) if half else [t.float() for t in tensors]), half
 
 
 def lower_triangle_tiles(tiles: int, device: torch.device) -> tuple[Tensor, Tensor]:
