@@ -27,7 +27,7 @@ TILE_TILES = {"BLOCK_O": CONFIG.rows, "BLOCK_I": CONFIG.cols, "BLOCK_T": CONFIG.
 KERNELS = {  # each kernel with the tile sizes its launch in triton_backend passes on a GPU
     kernels.sqgrad_tiles_kernel: TILE_TILES,
     kernels.sqnorm_tiles_kernel: TILE_TILES,
-    kernels.sqnorm_gram_kernel: {"BLOCK_T": CONFIG.gram, "BLOCK_F": CONFIG.cols},
+    kernels.sqnorm_gram_kernel: {"BLOCK_T": CONFIG.gram, "BLOCK_F": CONFIG.gram_features},
     kernels.syrk_lower_kernel: {"BLOCK_D": CONFIG.cols, "BLOCK_N": CONFIG.reduce},
 }
 
@@ -52,8 +52,12 @@ def signature(
     return types, constexprs
 
 
-def main(capability: int) -> None:
-    target = GPUTarget("cuda", capability, 32)
+def main(capabilities: list[int]) -> None:
+    for capability in capabilities:
+        compile_all(GPUTarget("cuda", capability, 32))
+
+
+def compile_all(target: GPUTarget) -> None:
     options = {"num_warps": CONFIG.num_warps, "num_stages": CONFIG.num_stages}
     for kernel, tiles in KERNELS.items():
         for input_type, half in (("*fp32", False), ("*bf16", True)):
@@ -61,7 +65,7 @@ def main(capability: int) -> None:
             source = ASTSource(kernel, types, constexprs=constexprs)
             compiled = triton.compile(source, target=target, options=options)
             usage = resource_usage(compiled.asm["cubin"])
-            print(f"{kernel.fn.__name__} {input_type} sm_{capability}: {len(compiled.asm['cubin'])} bytes, {usage}")
+            print(f"{kernel.fn.__name__} {input_type} sm_{target.arch}: {len(compiled.asm['cubin'])} bytes, {usage}")
 
 
 def resource_usage(cubin: bytes) -> str:
@@ -78,4 +82,4 @@ def resource_usage(cubin: bytes) -> str:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main([int(capability) for capability in sys.argv[1:]])

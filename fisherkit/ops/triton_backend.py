@@ -30,7 +30,8 @@ class LaunchConfig:
         rows: Output tile rows (sqgrad, per-sample tiles, SYRK tiles).
         cols: Output tile columns.
         reduce: Positions or samples consumed per ``tl.dot``.
-        gram: Position-block edge of the Gram form (its reduction runs over ``cols`` features).
+        gram: Position-block edge of the Gram form.
+        gram_features: Features consumed per ``tl.dot`` of the Gram form.
         num_warps: Warps per program.
         num_stages: Software-pipelining stages of the loads.
     """
@@ -39,14 +40,16 @@ class LaunchConfig:
     cols: int
     reduce: int
     gram: int
+    gram_features: int
     num_warps: int
     num_stages: int
 
 
-INTERPRETER_CONFIG = LaunchConfig(rows=32, cols=32, reduce=16, gram=16, num_warps=4, num_stages=1)
-# Tensor-core sized tiles for GPUs: compiled for sm_90 without register spills by the tests (with
-# reduce=32 the float32 sqgrad kernel spills); not yet timed on a GPU.
-GPU_CONFIG = LaunchConfig(rows=128, cols=64, reduce=16, gram=64, num_warps=8, num_stages=3)
+INTERPRETER_CONFIG = LaunchConfig(rows=32, cols=32, reduce=16, gram=16, gram_features=32, num_warps=4, num_stages=1)
+# Tensor-core sized tiles for GPUs: compiled for sm_80 and sm_90 without register spills by the
+# tests (with reduce=32 the float32 sqgrad kernel spills on sm_90, with gram_features=64 the float32
+# Gram kernel on sm_80); not yet timed on a GPU.
+GPU_CONFIG = LaunchConfig(rows=128, cols=64, reduce=16, gram=64, gram_features=32, num_warps=8, num_stages=3)
 
 
 def launch_config(device: torch.device) -> LaunchConfig:
@@ -112,7 +115,7 @@ def _register_ops() -> None:
             partial = torch.empty(columns * samples, len(first), dtype=torch.float32, device=out.device)
             kernels.sqnorm_gram_kernel[partial.shape](
                 grad_output, inputs, first, second, partial, *shape,
-                BLOCK_T=config.gram, BLOCK_F=config.cols, **launch,
+                BLOCK_T=config.gram, BLOCK_F=config.gram_features, **launch,
             )  # fmt: skip
         else:
             tiles = (kernels.grid_size(out_features, config.rows), kernels.grid_size(in_features, config.cols))
