@@ -20,6 +20,7 @@ from torch import Tensor
 from fisherkit.ops.kfac_factor import mirror_and_add_ones
 
 MAX_SPLITS = 16  # sample splits of sqgrad (partials summed in a fixed order: deterministic)
+TARGET_PROGRAMS = 1024  # sqgrad splits samples only until about this many programs fill the GPU
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,10 @@ def _register_ops() -> None:
         in_features = inputs.shape[2]
         (grad_output, inputs), half = kernel_operands(grad_output, inputs)
         config = launch_config(out.device)
-        splits = min(samples, MAX_SPLITS)
+        tiles = kernels.grid_size(out_features, config.rows) * kernels.grid_size(in_features, config.cols)
+        # Each split is an (O, I) float32 partial: split only until the output tiles fill the GPU (a
+        # 4096 × 4096 layer has 2,048 tiles: one 64 MB partial instead of sixteen, 1 GB).
+        splits = min(samples, MAX_SPLITS, -(-TARGET_PROGRAMS // tiles))
         partial = torch.empty(splits, out_features, in_features, dtype=torch.float32, device=out.device)
         grid = (kernels.grid_size(out_features, config.rows), kernels.grid_size(in_features, config.cols), splits)
         kernels.sqgrad_tiles_kernel[grid](
