@@ -87,13 +87,12 @@ def _register_ops() -> None:
         in_features = inputs.shape[2]
         (grad_output, inputs), half = kernel_operands(grad_output, inputs)
         config = launch_config(out.device)
-        tiles = kernels.grid_size(out_features, config.rows) * kernels.grid_size(in_features, config.cols)
+        tiles = (kernels.grid_size(out_features, config.rows), kernels.grid_size(in_features, config.cols))
         # Each split is an (O, I) float32 partial: split only until the output tiles fill the GPU (a
         # 4096 × 4096 layer has 2,048 tiles: one 64 MB partial instead of sixteen, 1 GB).
-        splits = min(samples, MAX_SPLITS, -(-TARGET_PROGRAMS // tiles))
+        splits = min(samples, MAX_SPLITS, -(-TARGET_PROGRAMS // (tiles[0] * tiles[1])))
         partial = torch.empty(splits, out_features, in_features, dtype=torch.float32, device=out.device)
-        grid = (kernels.grid_size(out_features, config.rows), kernels.grid_size(in_features, config.cols), splits)
-        kernels.sqgrad_tiles_kernel[grid](
+        kernels.sqgrad_tiles_kernel[(*tiles, splits)](
             grad_output, inputs, partial,
             columns, samples, positions, out_features, in_features, splits,
             *grad_output.stride(), *inputs.stride(),
