@@ -2,9 +2,10 @@
 ``kfac_factor_update``.
 
 Imported only by ``fisherkit.ops.triton_backend`` after Triton is known to work. One launch
-configuration each, so nothing autotunes (and the CPU interpreter, ``TRITON_INTERPRET=1``, runs them
-as they are). Products accumulate in float32 (``ieee`` precision for float32 inputs, tensor cores
-for half inputs), and no value is squared in half precision.
+configuration per device kind (``triton_backend.launch_config``), so nothing autotunes (and the CPU
+interpreter, ``TRITON_INTERPRET=1``, runs them as they are). Products accumulate in float32
+(``ieee`` precision for float32 inputs, tensor cores for half inputs), and no value is squared in
+half precision.
 """
 
 from __future__ import annotations
