@@ -36,11 +36,11 @@ OPTIMIZERS: dict[str, tuple[OptimizerFactory, tuple[float, ...]]] = {
     "SGD": (lambda m, lr: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9), (0.03, 0.1, 0.3)),
     "Adam": (lambda m, lr: torch.optim.Adam(m.parameters(), lr=lr), (1e-3, 3e-3, 1e-2)),
     "diagonal NGD": (
-        lambda m, lr: fk.NGD(m, lr=lr, curvature="diagonal", damping=1e-2, kl_clip=1e-2, stats_every=10, seed=0),
+        lambda m, lr: fk.NGD(m, lr=lr, structure="diagonal", damping=1e-2, kl_clip=1e-2, stats_every=10, seed=0),
         (0.003, 0.01, 0.03, 0.1),
     ),
     "KFAC NGD": (
-        lambda m, lr: fk.NGD(m, lr=lr, curvature="kfac", damping=1e-2, kl_clip=1e-2, stats_every=10, seed=0),
+        lambda m, lr: fk.NGD(m, lr=lr, structure="kfac", damping=1e-2, kl_clip=1e-2, stats_every=10, seed=0),
         (0.01, 0.03, 0.1, 0.3),
     ),
 }
@@ -179,10 +179,10 @@ def step_cost(repeats: int, batch_sizes: tuple[int, ...] = (256, 1024)) -> str:
     optimizers: dict[str, Callable[[nn.Module], torch.optim.Optimizer]] = {
         "SGD": lambda m: torch.optim.SGD(m.parameters(), lr=1e-3),
         "Adam": lambda m: torch.optim.Adam(m.parameters(), lr=1e-4),
-        "diagonal NGD": lambda m: fk.NGD(m, lr=1e-4, curvature="diagonal", damping=1e-1, seed=0),
+        "diagonal NGD": lambda m: fk.NGD(m, lr=1e-4, structure="diagonal", damping=1e-1, seed=0),
         "KFAC NGD (π-damped inverse)": lambda m: fk.NGD(m, lr=1e-4, damping=1e-1, seed=0),
         "KFAC NGD (Tikhonov, eigenbasis)": lambda m: fk.NGD(m, lr=1e-4, damping=1e-1, pi_damping=False, seed=0),
-        "EKFAC NGD": lambda m: fk.NGD(m, lr=1e-4, curvature="ekfac", damping=1e-1, seed=0),
+        "EKFAC NGD": lambda m: fk.NGD(m, lr=1e-4, structure="ekfac", damping=1e-1, seed=0),
     }
     header = "| optimizer | " + " | ".join(f"ms per step (batch {b}) | × SGD step" for b in batch_sizes) + " |"
     rows = {name: [] for name in optimizers}

@@ -39,7 +39,7 @@ def run(optimizer_name: str, lr: float, steps: int) -> tuple[list[tuple[float, f
         optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     else:
         optimizer = fk.NGD(
-            model, lr=lr, curvature="block", fisher_type="exact", likelihood="gaussian", damping=1e-8,
+            model, lr=lr, structure="block", fisher_type="exact", likelihood="gaussian", damping=1e-8,
             ema_decay=0.0, stats_every=1, inverse_every=1,
         )  # fmt: skip
     path, losses = [], []

@@ -13,20 +13,25 @@ from fisherkit.curvature import (
     KroneckerBlock,
     SumBlock,
 )
+from fisherkit.errors import NonFiniteFisherError, UnsupportedModelError
 from fisherkit.estimators import (
     APPROXIMATIONS,
     FISHER_TYPES,
+    STRUCTURES,
+    EstimationOptions,
     block_fisher,
     diagonal_fisher,
     ekfac_fisher,
+    fisher,
     full_fisher,
     kfac_fisher,
     per_sample_fisher_trace,
+    register_structure,
 )
 from fisherkit.likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
 from fisherkit.matrix_free import FisherOperator
 from fisherkit.optim import NGD, LevenbergMarquardt, NGDPreconditioner
-from fisherkit.plan import UnsupportedModelError, explain
+from fisherkit.plan import explain
 from fisherkit.rules import LayerCall, LayerRule, TorchFuncRule, register_rule
 
 __version__ = "0.1.0"
@@ -34,6 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "APPROXIMATIONS",
     "FISHER_TYPES",
+    "STRUCTURES",
     "Bernoulli",
     "Block",
     "Categorical",
@@ -42,12 +48,14 @@ __all__ = [
     "DiagonalBlock",
     "DiagonalFisher",
     "EigenKroneckerBlock",
+    "EstimationOptions",
     "FisherOperator",
     "Gaussian",
     "KroneckerBlock",
     "LevenbergMarquardt",
     "NGD",
     "NGDPreconditioner",
+    "NonFiniteFisherError",
     "LayerCall",
     "LayerRule",
     "Likelihood",
@@ -58,8 +66,10 @@ __all__ = [
     "diagonal_fisher",
     "ekfac_fisher",
     "explain",
+    "fisher",
     "full_fisher",
     "kfac_fisher",
     "per_sample_fisher_trace",
     "register_rule",
+    "register_structure",
 ]

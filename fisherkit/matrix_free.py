@@ -9,8 +9,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp
 
 from fisherkit.curvature.base import ParameterVector, TensorList
+from fisherkit.engines.base import ModelCall
 from fisherkit.estimators.common import Estimation, check_count, make_generator
 from fisherkit.estimators.distributed import all_reduce_sums
+from fisherkit.estimators.options import EstimationOptions
 from fisherkit.likelihoods import Likelihood
 from fisherkit.linalg import conjugate_gradient, hutchinson_trace, lanczos_eigenvalues
 
@@ -26,9 +28,13 @@ class FisherOperator:
     vector-Jacobian product per batch (``torch.func``). Scaling: per-sample mean.
 
     Args:
-        model, data, likelihood, fisher_type, mc_samples, batch_size, progress: As in
-            ``diagonal_fisher``; every module is supported (no layer rules are involved).
+        model, data, likelihood: As in ``diagonal_fisher``; every module is supported (no layer
+            rules are involved).
+        fisher_type: ``"exact"`` (default), ``"mc"`` or ``"empirical"``.
         seed: Seed of the MC draws.
+        **options: ``fisherkit.EstimationOptions`` (``mc_samples``, ``batch_size``, ``progress``
+            (default False), the batch layout); ``engine``, ``fallback`` and ``memory_budget`` play
+            no part.
     """
 
     def __init__(
@@ -38,12 +44,12 @@ class FisherOperator:
         likelihood: str | Likelihood = "categorical",
         fisher_type: str = "exact",
         *,
-        mc_samples: int = 1,
-        batch_size: int = 256,
         seed: int = 0,
-        progress: bool | None = False,
+        **options: Any,
     ) -> None:
-        self.job = Estimation.start(model, likelihood, fisher_type, mc_samples, True, batch_size, seed, None, progress)
+        keywords = {"progress": False, **options, "fallback": True}
+        keywords.update(likelihood=likelihood, fisher_type=fisher_type, seed=seed)
+        self.job = Estimation.start(model, EstimationOptions.from_keywords(keywords))
         self.data = data
         self.seed = seed
         params = self.job.parameters
@@ -80,11 +86,10 @@ class FisherOperator:
         self.job.generator = make_generator(self.job.device, self.seed, None)
         totals = [torch.zeros_like(p) for p in params.values()]
         count = 0
-        for inputs, columns_fn in self.job.batches(self.data, "Fisher-vector product"):
-            args = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
+        for call, columns_fn in self.job.batches(self.data, "Fisher-vector product"):
 
-            def forward(p: dict[str, Tensor], args: tuple[Tensor, ...] = args) -> Tensor:
-                return functional_call(self.job.model, p, args)
+            def forward(p: dict[str, Tensor], call: ModelCall = call) -> Tensor:
+                return call(lambda *args, **kwargs: functional_call(self.job.model, p, args, kwargs))
 
             output, directional = jvp(forward, (params,), (tangents,))
             columns = columns_fn(output)  # (K, B, ...)

@@ -6,11 +6,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from fisherkit.errors import UnsupportedModelError
 from fisherkit.rules import LayerRule, TorchFuncRule, find_rule
 
-
-class UnsupportedModelError(ValueError):
-    """The layerwise engine cannot serve this model as configured."""
+__all__ = ["Plan", "PlanEntry", "UnsupportedModelError", "build_plan", "explain"]
 
 
 @dataclass
@@ -34,7 +33,10 @@ class PlanEntry:
 
     @property
     def rule_name(self) -> str:
-        return type(self.rule).__name__ if self.rule is not None else "none (unsupported)"
+        if self.rule is None:
+            return "none (unsupported)"
+        name = type(self.rule).__name__
+        return f"{name} (fallback, slow)" if isinstance(self.rule, TorchFuncRule) else name
 
 
 @dataclass
@@ -56,6 +58,11 @@ class Plan:
     @property
     def unsupported(self) -> list[PlanEntry]:
         return [e for e in self.entries if e.rule is None]
+
+    @property
+    def fallback(self) -> list[PlanEntry]:
+        """Entries without a registered rule, served by the per-layer ``torch.func`` fallback."""
+        return [e for e in self.entries if isinstance(e.rule, TorchFuncRule)]
 
     def require_layerwise(self) -> None:
         """Raises ``UnsupportedModelError`` unless every trainable parameter has a usable rule."""
@@ -124,17 +131,18 @@ class Explanation(str):
         return str(self)
 
 
-def explain(model: nn.Module, fallback: bool = False) -> Explanation:
+def explain(model: nn.Module, fallback: bool | None = None) -> Explanation:
     """A table of the rule each parameterized module gets, and what is left out.
 
     Args:
         model: The model.
-        fallback: As in ``build_plan``.
+        fallback: As in the estimators: ``None`` (default) and ``True`` show the fallback where it
+            would serve; ``False`` shows such modules as unsupported.
 
     Returns:
         The table, a ``str`` that displays as the table in a REPL and prints as one.
     """
-    plan = build_plan(model, fallback=fallback)
+    plan = build_plan(model, fallback=fallback is not False)
     rows = [("module", "type", "rule", "parameters")]
     rows += [(e.path or "<root>", type(e.module).__name__, e.rule_name, ", ".join(e.local_names)) for e in plan.entries]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

@@ -61,12 +61,21 @@ def test_batchnorm_in_train_mode():
             fk.diagonal_fisher(model, torch.randn(6, 4), engine=engine)
 
 
-def test_unsupported_layer_names_it_and_the_fallback():
+def test_unsupported_layer_is_an_error_without_the_fallback():
     model = nn.Sequential(nn.Linear(4, 5), nn.PReLU(), nn.Linear(5, 3))
     with pytest.raises(fk.UnsupportedModelError, match=r"1 \(PReLU\).*fallback=True"):
-        fk.diagonal_fisher(model, torch.randn(6, 4))
-    fisher = fk.diagonal_fisher(model, torch.randn(6, 4), fallback=True)
-    assert "1.weight" in fisher.names
+        fk.diagonal_fisher(model, torch.randn(6, 4), fallback=False)
+
+
+def test_default_fallback_warns_once_naming_the_module():
+    model = nn.Sequential(nn.Linear(4, 5), nn.PReLU(), nn.Linear(5, 3))
+    x = torch.randn(6, 4)
+    with pytest.warns(UserWarning, match=r"no layer rule for 1 \(PReLU\).*slower.*fallback=True") as caught:
+        default = fk.diagonal_fisher(model, x, seed=0)
+    assert len([w for w in caught if "no layer rule" in str(w.message)]) == 1
+    explicit = fk.diagonal_fisher(model, x, fallback=True, seed=0)
+    assert "1.weight" in default.names
+    torch.testing.assert_close(default.to_dense(), explicit.to_dense())
 
 
 def test_tied_weights_on_the_layerwise_engine():
@@ -101,8 +110,20 @@ def test_bad_arguments():
         fk.diagonal_fisher(_mlp(), torch.randn(5, 4), engine="fast")
     with pytest.raises(ValueError, match="either seed or generator"):
         fk.diagonal_fisher(_mlp(), torch.randn(5, 4), seed=1, generator=torch.Generator())
-    with pytest.raises(TypeError, match="returned tuple"):
+    with pytest.raises(TypeError, match=r"returned a tuple of 2 entries.*output=<index>"):
         fk.diagonal_fisher(_TupleModel(), torch.randn(5, 4))
+    with pytest.raises(TypeError, match=r"unknown estimator option\(s\) \['mc_sample'\]"):
+        fk.diagonal_fisher(_mlp(), torch.randn(5, 4), mc_sample=2)
+    for bad in ({"batch_size": 0}, {"batch_size": -3}, {"memory_budget": -1}, {"mc_samples": True}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be a positive integer"):
+            fk.diagonal_fisher(_mlp(), torch.randn(5, 4), **bad)
+
+
+def test_tuple_output_served_by_the_output_option():
+    model, x = _TupleModel(), torch.randn(5, 4)
+    picked = fk.diagonal_fisher(model, x, output=0, seed=0)
+    wrapped = fk.diagonal_fisher(nn.Sequential(model.linear), x, seed=0)
+    torch.testing.assert_close(picked.diagonals[0], wrapped.diagonals[0])
 
 
 class _TupleModel(nn.Module):

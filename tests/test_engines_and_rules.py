@@ -86,10 +86,11 @@ def test_subclasses_use_the_parent_rule_and_users_can_register_rules():
 def test_explain_lists_rules_frozen_and_unsupported():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.PReLU(), nn.Flatten(), nn.Linear(2, 3))
     model[3].bias.requires_grad_(False)
-    text = fk.explain(model)
+    text = fk.explain(model, fallback=False)
     assert "ConvRule" in text and "none (unsupported)" in text
     assert "left out (requires_grad=False): 3.bias" in text
-    assert "TorchFuncRule" in fk.explain(model, fallback=True)
+    assert "TorchFuncRule (fallback, slow)" in fk.explain(model)
+    assert "TorchFuncRule (fallback, slow)" in fk.explain(model, fallback=True)
 
 
 class _TwoInputs(nn.Module):

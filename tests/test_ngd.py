@@ -18,9 +18,9 @@ def _regression(seed: int = 0, scale: torch.Tensor | None = None):
     return (x if scale is None else x * scale), y
 
 
-def _exact_ngd(model: nn.Module, curvature: str, lr: float = 1.0) -> fk.NGD:
+def _exact_ngd(model: nn.Module, structure: str, lr: float = 1.0) -> fk.NGD:
     return fk.NGD(
-        model, lr=lr, curvature=curvature, fisher_type="exact", likelihood="gaussian", damping=0.0,
+        model, lr=lr, structure=structure, fisher_type="exact", likelihood="gaussian", damping=0.0,
         ema_decay=0.0, stats_every=1, inverse_every=1, pi_damping=False,
     )  # fmt: skip
 
@@ -31,12 +31,12 @@ def _gaussian_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.
     optimizer.step()
 
 
-@pytest.mark.parametrize("curvature", ["kfac", "block"])
-def test_one_exact_ngd_step_with_lr_1_solves_linear_least_squares(curvature):
+@pytest.mark.parametrize("structure", ["kfac", "block"])
+def test_one_exact_ngd_step_with_lr_1_solves_linear_least_squares(structure):
     x, y = _regression()
     torch.manual_seed(1)
     model = nn.Linear(3, 1).double()
-    _gaussian_step(model, _exact_ngd(model, curvature), x, y)
+    _gaussian_step(model, _exact_ngd(model, structure), x, y)
     design = torch.cat([x, torch.ones(20, 1, dtype=F64)], 1)
     solution = torch.linalg.lstsq(design, y).solution.reshape(-1)
     got = torch.cat([model.weight.detach().reshape(-1), model.bias.detach()])
@@ -86,11 +86,11 @@ def _train(model, optimizer, x, y, steps: int, scheduler=None) -> None:
             scheduler.step()
 
 
-@pytest.mark.parametrize("curvature", ["diagonal", "kfac", "ekfac", "block"])
-def test_a_run_resumed_from_state_dicts_is_identical(curvature, tmp_path):
+@pytest.mark.parametrize("structure", ["diagonal", "kfac", "ekfac", "block"])
+def test_a_run_resumed_from_state_dicts_is_identical(structure, tmp_path):
     def fresh():
         model, x, y = _classifier()
-        options = {"curvature": curvature, "damping": 0.1, "stats_every": 2, "inverse_every": 3, "seed": 5}
+        options = {"structure": structure, "damping": 0.1, "stats_every": 2, "inverse_every": 3, "seed": 5}
         return model, fk.NGD(model, lr=0.05, momentum=0.9, **options), x, y
 
     model, optimizer, x, y = fresh()
@@ -122,7 +122,7 @@ def test_learning_rate_schedulers_and_callable_damping_apply():
 
 def test_preconditioner_rewrites_gradients_for_another_optimizer():
     model, x, y = _classifier()
-    preconditioner = fk.NGDPreconditioner(model, curvature="kfac", damping=0.1, stats_every=1, seed=0)
+    preconditioner = fk.NGDPreconditioner(model, structure="kfac", damping=0.1, stats_every=1, seed=0)
     adam = torch.optim.Adam(model.parameters(), lr=1e-3)
     adam.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()
@@ -201,7 +201,7 @@ def test_levenberg_marquardt_damping_follows_the_quadratic_model():
     model = nn.Linear(3, 1).double()
     damping = fk.LevenbergMarquardt(1.0, every=1, decay=0.5)
     optimizer = fk.NGD(
-        model, lr=0.5, curvature="block", fisher_type="exact", likelihood="gaussian", damping=damping,
+        model, lr=0.5, structure="block", fisher_type="exact", likelihood="gaussian", damping=damping,
         ema_decay=0.0, stats_every=1, inverse_every=1,
     )  # fmt: skip
 
@@ -236,7 +236,7 @@ def test_moving_average_decay_may_be_a_schedule():
     model, x, _ = _classifier()
     decays = [0.0, 0.25, 0.75]
     preconditioner = fk.NGDPreconditioner(
-        model, curvature="diagonal", fisher_type="exact", ema_decay=lambda step: decays[step], stats_every=1
+        model, structure="diagonal", fisher_type="exact", ema_decay=lambda step: decays[step], stats_every=1
     )
     expected = None
     for step in range(3):

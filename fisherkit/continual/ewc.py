@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from fisherkit.continual.regularizer import Regularizer, check_anchor, check_state_names
 from fisherkit.curvature import Curvature
 from fisherkit.curvature.quadratic_form import block_quadratic
-from fisherkit.estimators import block_fisher, diagonal_fisher, ekfac_fisher, kfac_fisher
+from fisherkit.estimators import EstimationOptions, fisher
+from fisherkit.estimators.structures import split_structure_options
 
-ESTIMATORS = {"diagonal": diagonal_fisher, "kfac": kfac_fisher, "ekfac": ekfac_fisher, "block": block_fisher}
 MODES = ("separate", "online")
 
 
@@ -34,10 +34,12 @@ class EWC(Regularizer):
         strength: λ ≥ 0.
         mode: ``"separate"`` or ``"online"``.
         decay: γ ∈ [0, 1] for ``"online"``.
-        structure: ``"diagonal"``, ``"kfac"``, ``"ekfac"`` or ``"block"``.
+        structure: A registered Fisher structure (``fisherkit.STRUCTURES``: ``"diagonal"``,
+            ``"kfac"``, ``"ekfac"``, ``"block"``, ``"full"``).
         fisher_type: ``"mc"`` (default), ``"exact"`` or ``"empirical"``.
-        **estimator_options: Passed to the estimator (``likelihood``, ``mc_samples``, ``seed``,
-            ``batch_size``, ``engine``, ``fallback``, ``approximation`` …).
+        **estimator_options: Passed to ``fisherkit.fisher`` (``EstimationOptions`` such as
+            ``likelihood``, ``mc_samples``, ``seed``, ``batch_size``, and the structure's own, such as
+            ``approximation``); checked here, before any training.
     """
 
     def __init__(
@@ -53,8 +55,8 @@ class EWC(Regularizer):
         super().__init__(model, strength)
         if mode not in MODES:
             raise ValueError(f"unknown EWC mode {mode!r}; choose one of {MODES}.")
-        if structure not in ESTIMATORS:
-            raise ValueError(f"unknown Fisher structure {structure!r}; choose one of {tuple(ESTIMATORS)}.")
+        _, _, shared = split_structure_options(structure, estimator_options)
+        EstimationOptions.from_keywords({"fisher_type": fisher_type, **shared})
         if not 0.0 <= float(decay) <= 1.0:
             raise ValueError(f"online EWC's decay γ must lie in [0, 1]; got {decay}.")
         self.mode, self.decay, self.structure = mode, float(decay), structure
@@ -68,23 +70,29 @@ class EWC(Regularizer):
         was_training = self.model.training
         self.model.eval()
         try:
-            fisher = ESTIMATORS[self.structure](
-                self.model, data, fisher_type=self.fisher_type, **self.estimator_options
-            )
+            estimate = fisher(self.model, data, self.structure, fisher_type=self.fisher_type, **self.estimator_options)
         finally:
             self.model.train(was_training)
+        self.consolidate(estimate)
+
+    def consolidate(self, estimate: Curvature) -> None:
+        """Stores a Fisher estimated at the current parameters (any ``Curvature`` over the model's
+        parameter names, e.g. from ``fisherkit.fisher``), anchored at the current parameters."""
         named = dict(self.model.named_parameters())
-        anchor = {n: named[n].detach().clone() for n in fisher.names}
+        missing = [n for n in estimate.names if n not in named]
+        if missing:
+            raise ValueError(f"the Fisher covers parameters {missing} that the model does not have.")
+        anchor = {n: named[n].detach().clone() for n in estimate.names}
         if self.mode == "separate" or not self.anchors:
             self.anchors.append(anchor)
-            self.fishers.append([fisher])
+            self.fishers.append([estimate])
             return
         previous = [f * self.decay for f in self.fishers[0]]
         last = previous[-1]
-        if (last.names, [b.names for b in last.blocks]) == (fisher.names, [b.names for b in fisher.blocks]):
-            previous[-1] = last + fisher
+        if (last.names, [b.names for b in last.blocks]) == (estimate.names, [b.names for b in estimate.blocks]):
+            previous[-1] = last + estimate
         else:  # a parameter set that changed (a new head): keep the terms apart, same anchor
-            previous.append(fisher)
+            previous.append(estimate)
         self.anchors[0] = {**self.anchors[0], **anchor}
         self.fishers[0] = previous
 
@@ -94,8 +102,8 @@ class EWC(Regularizer):
             now = self.parameters_now(list(anchor))
             for name, parameter in now.items():
                 check_anchor("EWC", name, parameter, anchor[name])
-            for fisher in fishers:
-                for block in fisher.blocks:
+            for term in fishers:
+                for block in term.blocks:
                     value = block_quadratic(block, [now[n] for n in block.names], [anchor[n] for n in block.names])
                     key = block.label
                     terms[key] = terms[key] + value if key in terms else value

@@ -8,7 +8,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from fisherkit.continual.regularizer import Regularizer, check_state_names, cloned
-from fisherkit.estimators.common import DEFAULT_MEMORY_BUDGET, Estimation, check_count, choose_engine
+from fisherkit.estimators import Estimation, EstimationOptions
+from fisherkit.estimators.common import check_count
 
 
 class MAS(Regularizer):
@@ -21,21 +22,14 @@ class MAS(Regularizer):
     Args:
         model: The model being trained.
         strength: λ ≥ 0.
-        batch_size: Rows per batch when the data are tensors.
-        engine, fallback, memory_budget: As in ``diagonal_fisher``.
+        **options: ``fisherkit.EstimationOptions`` for reading the data and the engines
+            (``batch_size``, ``engine``, ``fallback``, ``memory_budget``, the batch layout);
+            ``likelihood``, ``fisher_type`` and the MC options play no part.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        strength: float,
-        batch_size: int = 256,
-        engine: str = "auto",
-        fallback: bool = False,
-        memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    ) -> None:
+    def __init__(self, model: nn.Module, strength: float, **options: Any) -> None:
         super().__init__(model, strength)
-        self.batch_size, self.engine, self.fallback, self.memory_budget = batch_size, engine, fallback, memory_budget
+        self.options = EstimationOptions.from_keywords({"progress": False, **options})
         self.importance: dict[str, Tensor] = {}
         self.anchor: dict[str, Tensor] = {}
 
@@ -44,21 +38,20 @@ class MAS(Regularizer):
         was_training = self.model.training
         self.model.eval()
         try:
-            job = Estimation.start(
-                self.model, "gaussian", "exact", 1, self.fallback, self.batch_size, None, None, False
-            )
-            engine = choose_engine(self.engine, self.model, job.plan, self.memory_budget)
+            job = Estimation.start(self.model, self.options)
+            engine = job.engine()
             sums = {name: job.accumulator(p.shape) for name, p in job.parameters.items()}
 
             def add_magnitudes(grads: dict[str, Tensor]) -> None:
                 for name, g in grads.items():
                     sums[name].add_(g.abs().sum(0).to(sums[name].dtype))
 
+            def output_norm_gradient(output: Tensor) -> Tensor:
+                return 2 * output.detach().unsqueeze(0)
+
             count = 0
-            for inputs, _ in job.batches(data, "MAS importance"):
-                count += engine.per_sample_grads(
-                    inputs, lambda output: 2 * output.detach().unsqueeze(0), add_magnitudes
-                )
+            for call, columns in job.batches(data, "MAS importance", columns=output_norm_gradient):
+                count += engine.per_sample_grads(call, columns, add_magnitudes)
             check_count(count)
         finally:
             self.model.train(was_training)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from fisherkit.curvature.block import TensorList
+from fisherkit.errors import NonFiniteFisherError
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def factor_eigh(factor: Tensor, label: str) -> tuple[Tensor, Tensor | None]:
         ValueError: Non-finite entries, or no convergence even in float64; ``label`` names the layer.
     """
     if not bool(torch.isfinite(factor).all()):
-        raise ValueError(f"Kronecker factor of {label} has NaN or Inf entries; its statistics overflowed.")
+        raise NonFiniteFisherError(f"Kronecker factor of {label} has NaN or Inf entries; its statistics overflowed.")
     if is_diagonal(factor):
         return factor.clamp(min=0), None
     scale = factor.abs().amax(dim=(-2, -1), keepdim=True).clamp(min=torch.finfo(factor.dtype).tiny)
@@ -130,7 +131,7 @@ def shifted_inverse(factor: Tensor, shift: Tensor, label: str) -> Tensor:
             with zero damping); ``label`` names the layer.
     """
     if not bool(torch.isfinite(factor).all()):
-        raise ValueError(f"Kronecker factor of {label} has NaN or Inf entries; its statistics overflowed.")
+        raise NonFiniteFisherError(f"Kronecker factor of {label} has NaN or Inf entries; its statistics overflowed.")
     if is_diagonal(factor):
         shifted = factor + shift
         if bool((shifted <= 0).any()):

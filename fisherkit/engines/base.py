@@ -3,24 +3,57 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
-ModelInputs = Tensor | Sequence[Tensor]
 ColumnsFn = Callable[[Tensor], Tensor]
 PerSampleConsumer = Callable[[dict[str, Tensor]], None]
 
 
-def call_model(model: nn.Module, inputs: ModelInputs) -> Tensor:
-    """``model(x)`` for a tensor, ``model(*x)`` for a sequence of tensors; the output must be a tensor."""
-    output = model(inputs) if isinstance(inputs, Tensor) else model(*inputs)
-    if not isinstance(output, Tensor):
-        raise TypeError(
-            f"the model returned {type(output).__name__}; fisherkit needs a model whose output is one "
-            f"tensor of predictions. Wrap it so that forward returns the logits or means."
-        )
-    return output
+@dataclass
+class ModelCall:
+    """One batch's model inputs and how its predictions are read from the model's output.
+
+    Attributes:
+        args: Positional inputs.
+        kwargs: Keyword inputs.
+        select: From the model's raw output to the prediction tensor ``(B, *)``.
+        batch_size: B, the number of samples (rows).
+    """
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    select: Callable[[Any], Tensor]
+    batch_size: int
+
+    def __call__(self, model: Callable[..., Any]) -> Tensor:
+        """The predictions of ``model`` (a module, or a functional form of one) on this batch."""
+        return self.select(model(*self.args, **self.kwargs))
+
+    def _is_batched(self, value: Any) -> bool:
+        return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == self.batch_size
+
+    def rows(self, part: slice) -> ModelCall:
+        """The call on the samples ``part`` (inputs without a batch axis are kept whole)."""
+
+        def cut(value: Any) -> Any:
+            return value[part] if self._is_batched(value) else value
+
+        size = len(range(self.batch_size)[part])
+        args = tuple(cut(a) for a in self.args)
+        return ModelCall(args, {k: cut(v) for k, v in self.kwargs.items()}, self.select, size)
+
+    def in_dims(self) -> tuple[tuple[int | None, ...], dict[str, int | None]]:
+        """``torch.func.vmap`` dimensions of the inputs: 0 for batched tensors, None otherwise."""
+        dims = tuple(0 if self._is_batched(a) else None for a in self.args)
+        return dims, {k: 0 if self._is_batched(v) else None for k, v in self.kwargs.items()}
+
+    def tensors(self) -> list[Tensor]:
+        """Every input tensor."""
+        return [v for v in (*self.args, *self.kwargs.values()) if isinstance(v, Tensor)]
 
 
 class Engine(ABC):
@@ -31,17 +64,17 @@ class Engine(ABC):
     """
 
     @abstractmethod
-    def accumulate_sqgrad(self, inputs: ModelInputs, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:
+    def accumulate_sqgrad(self, call: ModelCall, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:
         """Adds the batch's squared per-sample gradients into ``sums`` (keyed by parameter name,
         float32 or float64, parameter-shaped) and returns the batch size."""
 
     @abstractmethod
-    def accumulate_sqnorm(self, inputs: ModelInputs, columns_fn: ColumnsFn, norms: Tensor) -> int:
+    def accumulate_sqnorm(self, call: ModelCall, columns_fn: ColumnsFn, norms: Tensor) -> int:
         """Adds Σ_k ‖∇_θ(s_{k,n}·f_n)‖² of every sample n into ``norms`` (``(B,)``, float32 or
         float64) and returns the batch size."""
 
     @abstractmethod
-    def per_sample_grads(self, inputs: ModelInputs, columns_fn: ColumnsFn, consume: PerSampleConsumer) -> int:
+    def per_sample_grads(self, call: ModelCall, columns_fn: ColumnsFn, consume: PerSampleConsumer) -> int:
         """Calls ``consume`` with ``{name: (M, *param.shape)}`` per-sample gradients ∇_θ(s_{k,n}·f_n),
         M rows per chunk (columns × samples, the same row order for every name), chunk by chunk
         within the memory budget; returns the batch size."""

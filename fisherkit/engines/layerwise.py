@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from fisherkit.capture import Capture
-from fisherkit.engines.base import ColumnsFn, Engine, ModelInputs, PerSampleConsumer, call_model
+from fisherkit.engines.base import ColumnsFn, Engine, ModelCall, PerSampleConsumer
 from fisherkit.plan import Plan, PlanEntry
 from fisherkit.rules.base import LayerCall
 
@@ -29,15 +29,15 @@ class LayerwiseEngine(Engine):
         self.plan = plan
         self.memory_budget = memory_budget
 
-    def _forward(self, inputs: ModelInputs) -> tuple[Capture, Tensor]:
+    def _forward(self, call: ModelCall) -> tuple[Capture, Tensor]:
         with torch.enable_grad(), Capture(entry.module for entry in self.plan.entries) as capture:
-            output = call_model(self.model, inputs)
+            output = call(self.model)
         return capture, output
 
-    def visit(self, inputs: ModelInputs, columns_fn: ColumnsFn, visitor: LayerVisitor) -> int:
+    def visit(self, call: ModelCall, columns_fn: ColumnsFn, visitor: LayerVisitor) -> int:
         """Runs the batch and shows ``visitor`` every layer's inputs once and its output gradients
         once per column chunk; returns the batch size."""
-        capture, output = self._forward(inputs)
+        capture, output = self._forward(call)
         columns = columns_fn(output)
         entries = [e for e in self.plan.entries if capture.calls[e.module]]
         for entry in entries:
@@ -59,14 +59,14 @@ class LayerwiseEngine(Engine):
             visitor.chunk_done()
         return output.shape[0]
 
-    def accumulate_sqgrad(self, inputs: ModelInputs, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:
-        return self.visit(inputs, columns_fn, _SquaredGradients(sums))
+    def accumulate_sqgrad(self, call: ModelCall, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:
+        return self.visit(call, columns_fn, _SquaredGradients(sums))
 
-    def accumulate_sqnorm(self, inputs: ModelInputs, columns_fn: ColumnsFn, norms: Tensor) -> int:
-        return self.visit(inputs, columns_fn, _SquaredNorms(norms))
+    def accumulate_sqnorm(self, call: ModelCall, columns_fn: ColumnsFn, norms: Tensor) -> int:
+        return self.visit(call, columns_fn, _SquaredNorms(norms))
 
-    def per_sample_grads(self, inputs: ModelInputs, columns_fn: ColumnsFn, consume: PerSampleConsumer) -> int:
-        return self.visit(inputs, columns_fn, _PerSampleGradients(consume))
+    def per_sample_grads(self, call: ModelCall, columns_fn: ColumnsFn, consume: PerSampleConsumer) -> int:
+        return self.visit(call, columns_fn, _PerSampleGradients(consume))
 
     @staticmethod
     def _output_grads(output: Tensor, calls: list[LayerCall], columns: Tensor, retain: bool) -> list[Tensor]:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from fisherkit.curvature import Curvature, DenseBlock
-from fisherkit.estimators.common import DEFAULT_MEMORY_BUDGET, Estimation, check_count, check_finite, choose_engine
+from fisherkit.estimators.common import Estimation, check_count, check_finite, run_estimator
 from fisherkit.estimators.distributed import all_reduce_sums
 from fisherkit.likelihoods import Likelihood
 from fisherkit.ops import kfac_factor_update
@@ -31,13 +31,12 @@ def _module_groups(job: Estimation) -> list[list[str]]:
     return groups
 
 
-def _estimate_dense(
-    job: Estimation, data: Any, groups: list[list[str]], engine: str, memory_budget: int, description: str
-) -> Curvature:
+def _estimate_dense(job: Estimation, data: Any, groups: list[list[str]], description: str) -> Curvature:
     shapes = {name: p.shape for name, p in job.parameters.items()}
     element = job.accumulator(()).element_size()
     sizes = [sum(shapes[n].numel() for n in names) for names in groups]
     needed = sum(size**2 for size in sizes) * element
+    memory_budget = job.options.memory_budget
     if needed > memory_budget:
         raise ValueError(
             f"the {description} needs {needed / 2**30:.2f} GiB for its dense matrices (blocks of "
@@ -56,10 +55,10 @@ def _estimate_dense(
             ]
             kfac_factor_update(matrix, torch.cat(parts, 1) if len(parts) > 1 else parts[0])
 
-    engine_impl = choose_engine(engine, job.model, job.plan, memory_budget)
+    engine = job.engine()
     count = 0
-    for inputs, columns_fn in job.batches(data, description):
-        count += engine_impl.per_sample_grads(inputs, columns_fn, add_outer_products)
+    for call, columns_fn in job.batches(data, description):
+        count += engine.per_sample_grads(call, columns_fn, add_outer_products)
     totals, count = all_reduce_sums(matrices, count)
     check_count(count)
     blocks = []
@@ -74,31 +73,27 @@ def block_fisher(
     data: Any,
     likelihood: str | Likelihood = "categorical",
     fisher_type: str = "mc",
-    *,
-    mc_samples: int = 1,
-    engine: str = "auto",
-    fallback: bool = False,
-    batch_size: int = 256,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    progress: bool | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    **options: Any,
 ) -> Curvature:
     """Estimates the layer block-diagonal Fisher: one dense block per module (weight and bias together).
 
     Scaling: per-sample mean, F_l = (1/N) Σ_n E_y[g_{n,l} g_{n,l}ᵀ] for the parameters of module l.
 
     Args:
-        model, data, likelihood, fisher_type, mc_samples, engine, fallback, batch_size, seed,
-            generator, progress: As in ``diagonal_fisher``.
-        memory_budget: Bytes allowed for the dense blocks together (and for one chunk of
-            per-sample gradients); the estimator refuses, saying what it would need, beyond it.
+        model, data, likelihood, fisher_type: As in ``diagonal_fisher``.
+        **options: The shared options, ``fisherkit.EstimationOptions``; here ``memory_budget`` bounds
+            the dense blocks together (and one chunk of per-sample gradients): the estimator refuses,
+            saying what it would need, beyond it.
 
     Returns:
         A ``Curvature`` of ``DenseBlock``s.
     """
-    job = Estimation.start(model, likelihood, fisher_type, mc_samples, fallback, batch_size, seed, generator, progress)
-    return _estimate_dense(job, data, _module_groups(job), engine, memory_budget, "block-diagonal Fisher")
+    return run_estimator(estimate_block, model, data, likelihood, fisher_type, options)
+
+
+def estimate_block(job: Estimation, data: Any) -> Curvature:
+    """The block-diagonal Fisher of ``job``'s model on ``data`` (see ``block_fisher``)."""
+    return _estimate_dense(job, data, _module_groups(job), "block-diagonal Fisher")
 
 
 def full_fisher(
@@ -106,19 +101,15 @@ def full_fisher(
     data: Any,
     likelihood: str | Likelihood = "categorical",
     fisher_type: str = "mc",
-    *,
-    mc_samples: int = 1,
-    engine: str = "auto",
-    fallback: bool = False,
-    batch_size: int = 256,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    progress: bool | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    **options: Any,
 ) -> Curvature:
     """Estimates the full ``(P, P)`` Fisher of a small model (one ``DenseBlock``).
 
-    Scaling and arguments as in ``block_fisher``; the P² matrix must fit ``memory_budget``.
+    Scaling and options as in ``block_fisher``; the P² matrix must fit ``memory_budget``.
     """
-    job = Estimation.start(model, likelihood, fisher_type, mc_samples, fallback, batch_size, seed, generator, progress)
-    return _estimate_dense(job, data, [list(job.plan.names)], engine, memory_budget, "full Fisher")
+    return run_estimator(estimate_full, model, data, likelihood, fisher_type, options)
+
+
+def estimate_full(job: Estimation, data: Any) -> Curvature:
+    """The full Fisher of ``job``'s model on ``data`` (see ``full_fisher``)."""
+    return _estimate_dense(job, data, [list(job.plan.names)], "full Fisher")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from fisherkit.curvature import DiagonalFisher
-from fisherkit.estimators.common import DEFAULT_MEMORY_BUDGET, Estimation, check_count, check_finite, choose_engine
+from fisherkit.estimators.common import Estimation, check_count, check_finite, run_estimator
 from fisherkit.estimators.distributed import all_reduce_sums
 from fisherkit.likelihoods import Likelihood
 
@@ -18,15 +17,7 @@ def diagonal_fisher(
     data: Any,
     likelihood: str | Likelihood = "categorical",
     fisher_type: str = "mc",
-    *,
-    mc_samples: int = 1,
-    engine: str = "auto",
-    fallback: bool = False,
-    batch_size: int = 256,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    progress: bool | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    **options: Any,
 ) -> DiagonalFisher:
     """Estimates the diagonal of the Fisher information of ``model`` on ``data``.
 
@@ -36,39 +27,37 @@ def diagonal_fisher(
     Fisher. The model's loss function and its reduction play no part.
 
     Args:
-        model: The model; its output is the likelihood's parameter (logits or means). Put it in
-            eval mode (BatchNorm in train mode is refused).
-        data: A ``DataLoader`` or iterable of batches, a tensor of inputs, or ``(inputs, targets)``
-            tensors (see ``fisherkit.estimators.data.iter_batches``).
+        model: The model; its output (or the ``output`` option's pick of it) is the likelihood's
+            parameter (logits or means). Put it in eval mode (BatchNorm in train mode is refused).
+        data: A ``DataLoader`` or iterable of batches (tensors, ``(inputs, targets, ...)``
+            sequences, or dicts of named inputs such as Hugging Face collators yield), a tensor of
+            inputs, or ``(inputs, targets)`` tensors split into ``batch_size`` rows.
         likelihood: ``"categorical"``, ``"gaussian"``, ``"bernoulli"`` or a ``Likelihood``.
-        fisher_type: ``"mc"`` (true Fisher, sampled labels; default), ``"exact"`` (closed-form
-            expectation over labels, one batched backward of the output-Fisher square root) or
-            ``"empirical"`` (dataset labels; cheap but not a curvature estimate).
-        mc_samples: Label draws per sample for ``"mc"``.
-        engine: ``"auto"``, ``"layerwise"`` (hooks and layer rules) or ``"vmap"`` (torch.func).
-        fallback: Serve modules without a registered rule by per-layer ``torch.func`` gradients;
-            otherwise such modules are an error.
-        batch_size: Rows per batch when ``data`` is given as tensors.
-        seed: Seeds a private generator for the MC draws (reproducible results).
-        generator: A ``torch.Generator`` for the MC draws (instead of ``seed``).
-        progress: Progress bar: ``None`` on a terminal only, ``True`` always, ``False`` never.
-        memory_budget: Bytes the engines may use for batched gradients before chunking.
+        fisher_type: ``"mc"`` (true Fisher, sampled labels; default), ``"exact"`` or ``"empirical"``.
+        **options: The shared estimator options, ``fisherkit.EstimationOptions`` (``mc_samples``,
+            ``engine``, ``fallback``, ``batch_size``, ``seed``, ``generator``, ``progress``,
+            ``memory_budget``, and the batch layout ``inputs``, ``target``, ``output``, ``causal``).
 
     Returns:
         A ``DiagonalFisher`` over the trainable parameters (``requires_grad=True``), in float32
         (float64 for float64 models). Frozen parameters are left out, with a warning.
 
     Raises:
-        ValueError: Empty data, outputs or labels that do not fit the likelihood, non-finite
-            Fisher entries (the parameter is named), train-mode BatchNorm, unsupported layers,
-            data on another device than the model.
+        ValueError: Empty data, outputs or labels that do not fit the likelihood, an ambiguous batch
+            layout, train-mode BatchNorm, unsupported layers, data on another device than the model.
+        NonFiniteFisherError: Non-finite Fisher entries (the parameter is named).
+        TypeError: An unknown option.
     """
-    job = Estimation.start(model, likelihood, fisher_type, mc_samples, fallback, batch_size, seed, generator, progress)
-    engine_impl = choose_engine(engine, model, job.plan, memory_budget)
+    return run_estimator(estimate_diagonal, model, data, likelihood, fisher_type, options)
+
+
+def estimate_diagonal(job: Estimation, data: Any) -> DiagonalFisher:
+    """The diagonal Fisher of ``job``'s model on ``data`` (see ``diagonal_fisher``)."""
+    engine = job.engine()
     sums = {name: job.accumulator(parameter.shape) for name, parameter in job.parameters.items()}
     count = 0
-    for inputs, columns_fn in job.batches(data, "diagonal Fisher"):
-        count += engine_impl.accumulate_sqgrad(inputs, columns_fn, sums)
+    for call, columns_fn in job.batches(data, "diagonal Fisher"):
+        count += engine.accumulate_sqgrad(call, columns_fn, sums)
     totals, count = all_reduce_sums(list(sums.values()), count)
     check_count(count)
     diagonals = [total.div_(count) for total in totals]

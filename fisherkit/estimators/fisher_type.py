@@ -17,17 +17,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from fisherkit.errors import NonFiniteFisherError
 from fisherkit.likelihoods import Likelihood
 
 FISHER_TYPES = ("mc", "exact", "empirical")
-
-
-def check_fisher_type(fisher_type: str, mc_samples: int) -> None:
-    """Raises ``ValueError`` for an unknown type or a non-positive number of MC samples."""
-    if fisher_type not in FISHER_TYPES:
-        raise ValueError(f"unknown fisher_type {fisher_type!r}; choose one of {FISHER_TYPES}.")
-    if not isinstance(mc_samples, int) or mc_samples < 1:
-        raise ValueError(f"mc_samples must be a positive integer; got {mc_samples!r}.")
 
 
 def make_columns_fn(
@@ -36,11 +29,21 @@ def make_columns_fn(
     target: Tensor | None,
     mc_samples: int = 1,
     generator: torch.Generator | None = None,
+    positions: Tensor | None = None,
 ) -> Callable[[Tensor], Tensor]:
     """The function from a batch's outputs ``(B, *)`` to its columns ``(K, B, *)``.
 
     It validates outputs and targets against the likelihood, rejects non-finite outputs, and
-    zeroes positions the likelihood masks (an ignore index).
+    zeroes positions the likelihood masks (an ignore index) and those ``positions`` marks False.
+
+    Args:
+        likelihood: The output distribution.
+        fisher_type: ``"mc"``, ``"exact"`` or ``"empirical"``.
+        target: The batch's targets, or None.
+        mc_samples: Draws per sample for ``"mc"``.
+        generator: For the draws.
+        positions: ``(B, T...)`` booleans, True at real (unpadded) positions of sequence outputs
+            ``(B, T..., C)``; ignored for outputs without positions ``(B, C)``.
     """
     if fisher_type == "empirical" and target is None:
         raise ValueError(
@@ -51,16 +54,34 @@ def make_columns_fn(
     def columns_fn(output: Tensor) -> Tensor:
         likelihood.check(output, target, check_values=fisher_type == "empirical")
         if not bool(torch.isfinite(output).all()):
-            raise ValueError("the model produced NaN or Inf outputs for a batch; the Fisher is undefined there.")
+            raise NonFiniteFisherError(
+                "the model produced NaN or Inf outputs for a batch; the Fisher is undefined there."
+            )
+        real = _real_positions(output, positions)
         if fisher_type == "exact":
-            return likelihood.sqrt_output_fisher(output, target)
-        if fisher_type == "empirical":
-            return likelihood.grad_nll(output, target).unsqueeze(0)
-        draws = [likelihood.grad_nll(output, likelihood.sample(output, generator)) for _ in range(mc_samples)]
-        columns = torch.stack(draws)
-        if mc_samples > 1:
-            columns /= math.sqrt(mc_samples)
-        mask = likelihood.mask(output, target)
-        return columns if mask is None else columns * mask
+            columns = likelihood.sqrt_output_fisher(output, target)
+        elif fisher_type == "empirical":
+            columns = likelihood.grad_nll(output, target).unsqueeze(0)
+        else:
+            draws = [likelihood.grad_nll(output, likelihood.sample(output, generator)) for _ in range(mc_samples)]
+            columns = torch.stack(draws)
+            if mc_samples > 1:
+                columns /= math.sqrt(mc_samples)
+            mask = likelihood.mask(output, target)
+            columns = columns if mask is None else columns * mask
+        return columns if real is None else columns * real
 
     return columns_fn
+
+
+def _real_positions(output: Tensor, positions: Tensor | None) -> Tensor | None:
+    """``positions`` shaped to multiply ``(K, B, T..., C)`` columns, or None when it does not apply."""
+    if positions is None or output.dim() < 3:
+        return None
+    if tuple(output.shape[: positions.dim()]) != tuple(positions.shape) or positions.dim() != output.dim() - 1:
+        raise ValueError(
+            f"the attention mask of shape {tuple(positions.shape)} does not fit model outputs of shape "
+            f"{tuple(output.shape)}: it must mark the outputs' positions {tuple(output.shape[:-1])}. Pass "
+            f"mask_key=<another entry> or drop the mask from the batch."
+        )
+    return positions.unsqueeze(-1).to(output.dtype)

@@ -24,9 +24,8 @@ from torch import Tensor, nn
 from fisherkit.curvature import Curvature, DiagonalBlock, EigenKroneckerBlock, KroneckerBlock
 from fisherkit.curvature.block import Block
 from fisherkit.curvature.kronecker_layout import KroneckerLayout
-from fisherkit.engines import LayerwiseEngine
 from fisherkit.engines.layerwise import LayerVisitor, accumulate_entry_sqgrad, entry_per_sample_grads
-from fisherkit.estimators.common import DEFAULT_MEMORY_BUDGET, Estimation, check_count, check_finite
+from fisherkit.estimators.common import Estimation, check_count, check_finite, run_estimator
 from fisherkit.estimators.distributed import all_reduce_sums
 from fisherkit.likelihoods import Likelihood
 from fisherkit.ops import kfac_factor_update, sqgrad_accumulate
@@ -198,17 +197,17 @@ def _kronecker_entries(job: Estimation, approximation: str) -> dict[int, _Factor
 
 
 def _estimate_factors(
-    job: Estimation, data: Any, approximation: str, memory_budget: int, description: str
+    job: Estimation, data: Any, approximation: str, description: str
 ) -> tuple[dict[int, _Factors], dict[str, Tensor], int]:
     """One pass: normalized factors (A by rows seen, G by samples) and diagonal means for the rest."""
     factors = _kronecker_entries(job, approximation)
     covered = {name for f in factors.values() for name in f.names}
     diagonal_sums = {n: job.accumulator(p.shape) for n, p in job.parameters.items() if n not in covered}
-    engine = LayerwiseEngine(job.model, job.plan, memory_budget)
+    engine = job.layerwise_engine()
     visitor = _FactorVisitor(factors, diagonal_sums)
     count = 0
-    for inputs, columns_fn in job.batches(data, description):
-        count += engine.visit(inputs, columns_fn, visitor)
+    for call, columns_fn in job.batches(data, description):
+        count += engine.visit(call, columns_fn, visitor)
     ordered = list(factors.values())
     for f in ordered:
         f.flush()
@@ -256,13 +255,7 @@ def kfac_fisher(
     fisher_type: str = "mc",
     *,
     approximation: str = "expand",
-    mc_samples: int = 1,
-    fallback: bool = False,
-    batch_size: int = 256,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    progress: bool | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    **options: Any,
 ) -> Curvature:
     """Estimates the KFAC approximation of the Fisher of ``model`` on ``data``.
 
@@ -275,10 +268,11 @@ def kfac_fisher(
     factor normalizations are in the module docstring.
 
     Args:
-        model, data, likelihood, fisher_type, mc_samples, fallback, batch_size, seed, generator,
-            progress, memory_budget: As in ``diagonal_fisher``.
+        model, data, likelihood, fisher_type: As in ``diagonal_fisher``.
         approximation: ``"expand"`` or ``"reduce"`` for layers whose weights are shared over
             positions (sequences, conv locations); the same when there is one position.
+        **options: The shared options, ``fisherkit.EstimationOptions`` (the layerwise engine
+            always serves KFAC).
 
     Returns:
         A ``Curvature`` of Kronecker and diagonal blocks over the trainable parameters.
@@ -286,8 +280,12 @@ def kfac_fisher(
     Raises:
         ValueError: As ``diagonal_fisher``; tied weights are refused (a Kronecker factor is per module).
     """
-    job = Estimation.start(model, likelihood, fisher_type, mc_samples, fallback, batch_size, seed, generator, progress)
-    factors, diagonals, _ = _estimate_factors(job, data, approximation, memory_budget, "KFAC")
+    return run_estimator(estimate_kfac, model, data, likelihood, fisher_type, options, approximation=approximation)
+
+
+def estimate_kfac(job: Estimation, data: Any, approximation: str = "expand") -> Curvature:
+    """KFAC of ``job``'s model on ``data`` (see ``kfac_fisher``)."""
+    factors, diagonals, _ = _estimate_factors(job, data, approximation, "KFAC")
     return _assemble(job, {key: _kronecker_block(job, f) for key, f in factors.items()}, diagonals)
 
 
@@ -298,13 +296,7 @@ def ekfac_fisher(
     fisher_type: str = "mc",
     *,
     approximation: str = "expand",
-    mc_samples: int = 1,
-    fallback: bool = False,
-    batch_size: int = 256,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    progress: bool | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    **options: Any,
 ) -> Curvature:
     """Estimates the EKFAC approximation (George et al. 2018): the KFAC eigenbasis with the exact
     per-sample-mean second moments of the gradients in that basis as its eigenvalues.
@@ -317,16 +309,20 @@ def ekfac_fisher(
     Returns:
         A ``Curvature`` of ``EigenKroneckerBlock``s and diagonal blocks.
     """
-    job = Estimation.start(model, likelihood, fisher_type, mc_samples, fallback, batch_size, seed, generator, progress)
-    factors, diagonals, count = _estimate_factors(job, data, approximation, memory_budget, "EKFAC factors")
+    return run_estimator(estimate_ekfac, model, data, likelihood, fisher_type, options, approximation=approximation)
+
+
+def estimate_ekfac(job: Estimation, data: Any, approximation: str = "expand") -> Curvature:
+    """EKFAC of ``job``'s model on ``data`` (see ``ekfac_fisher``)."""
+    factors, diagonals, count = _estimate_factors(job, data, approximation, "EKFAC factors")
     kronecker = {key: _kronecker_block(job, f) for key, f in factors.items()}
     sums = {key: job.accumulator((b.groups, b.rows, f.grads.shape[-1] if f.diagonal_input else f.inputs.shape[-1]))
             for (key, b), f in zip(kronecker.items(), factors.values())}  # fmt: skip
-    engine = LayerwiseEngine(job.model, job.plan, memory_budget)
+    engine = job.layerwise_engine()
     visitor = _ScalingVisitor(kronecker, sums)
     second = 0
-    for inputs, columns_fn in job.batches(data, "EKFAC scalings"):
-        second += engine.visit(inputs, columns_fn, visitor)
+    for call, columns_fn in job.batches(data, "EKFAC scalings"):
+        second += engine.visit(call, columns_fn, visitor)
     totals, second = all_reduce_sums(list(sums.values()), second)
     if second != count:
         raise ValueError(

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fisherkit.estimators.common import DEFAULT_MEMORY_BUDGET, Estimation, check_count, choose_engine
+from fisherkit.errors import NonFiniteFisherError
+from fisherkit.estimators.common import Estimation, check_count, run_estimator
 from fisherkit.likelihoods import Likelihood
 
 
@@ -16,15 +17,7 @@ def per_sample_fisher_trace(
     data: Any,
     likelihood: str | Likelihood = "categorical",
     fisher_type: str = "mc",
-    *,
-    mc_samples: int = 1,
-    engine: str = "auto",
-    fallback: bool = False,
-    batch_size: int = 256,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    progress: bool | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    **options: Any,
 ) -> Tensor:
     """The trace of every sample's Fisher, ``tr F_n = E_y ‖∇_θ log p(y | x_n)‖²``.
 
@@ -36,7 +29,7 @@ def per_sample_fisher_trace(
     with ``fisherkit.ops.persample_sqnorm`` (Linear and Conv layers: no per-sample gradient is
     formed); other layers and the vmap engine square their per-sample gradients.
 
-    Args: as for ``fisherkit.diagonal_fisher``.
+    Args: as for ``fisherkit.diagonal_fisher`` (options: ``fisherkit.EstimationOptions``).
 
     Returns:
         ``(N,)`` float32 (float64 for float64 models), one entry per sample in data order. Under
@@ -45,15 +38,19 @@ def per_sample_fisher_trace(
     Raises:
         ValueError: As ``diagonal_fisher``; also when a trace is not finite.
     """
-    job = Estimation.start(model, likelihood, fisher_type, mc_samples, fallback, batch_size, seed, generator, progress)
-    engine_impl = choose_engine(engine, model, job.plan, memory_budget)
+    return run_estimator(estimate_traces, model, data, likelihood, fisher_type, options)
+
+
+def estimate_traces(job: Estimation, data: Any) -> Tensor:
+    """Per-sample Fisher traces of ``job``'s model on ``data`` (see ``per_sample_fisher_trace``)."""
+    engine = job.engine()
     traces = []
-    for inputs, columns_fn in job.batches(data, "per-sample Fisher trace"):
-        norms = job.accumulator(len(inputs) if isinstance(inputs, Tensor) else len(inputs[0]))
-        engine_impl.accumulate_sqnorm(inputs, columns_fn, norms)
+    for call, columns_fn in job.batches(data, "per-sample Fisher trace"):
+        norms = job.accumulator(call.batch_size)
+        engine.accumulate_sqnorm(call, columns_fn, norms)
         traces.append(norms)
     check_count(len(traces))
     result = torch.cat(traces)
     if not bool(torch.isfinite(result).all()):
-        raise ValueError("a per-sample Fisher trace is NaN or Inf: its per-sample gradients overflowed.")
+        raise NonFiniteFisherError("a per-sample Fisher trace is NaN or Inf: its per-sample gradients overflowed.")
     return result

@@ -2,6 +2,6 @@
 
 from fisherkit.optim.damping import LevenbergMarquardt
 from fisherkit.optim.ngd import NGD
-from fisherkit.optim.preconditioner import CURVATURES, NGDPreconditioner
+from fisherkit.optim.preconditioner import NGDPreconditioner
 
-__all__ = ["CURVATURES", "NGD", "LevenbergMarquardt", "NGDPreconditioner"]
+__all__ = ["NGD", "LevenbergMarquardt", "NGDPreconditioner"]

@@ -18,7 +18,7 @@ class NGD(torch.optim.Optimizer):
 
     A standard loop needs nothing else::
 
-        optimizer = fisherkit.NGD(model, lr=0.1, curvature="kfac")
+        optimizer = fisherkit.NGD(model, lr=0.1, structure="kfac")
         for x, y in loader:
             optimizer.zero_grad()
             loss_fn(model(x), y).backward()
@@ -40,7 +40,7 @@ class NGD(torch.optim.Optimizer):
         momentum: Heavy-ball momentum on the natural gradient.
         weight_decay: w, added to the gradient before preconditioning.
         kl_clip: If given, scale each step so that η² ĝᵀ∇ ≤ ``kl_clip`` (Ba et al. 2017).
-        **preconditioner: ``curvature``, ``fisher_type``, ``likelihood``, ``damping``,
+        **preconditioner: ``structure``, ``fisher_type``, ``likelihood``, ``damping``,
             ``ema_decay``, ``stats_every``, ``inverse_every``, ``pi_damping``, ``mc_samples``,
             ``seed``, ``fallback`` (see ``NGDPreconditioner``).
     """
@@ -53,7 +53,7 @@ class NGD(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         kl_clip: float | None = None,
         *,
-        curvature: str = "kfac",
+        structure: str = "kfac",
         fisher_type: str = "mc",
         likelihood: str | Likelihood = "categorical",
         damping: Schedule = 1e-3,
@@ -61,7 +61,7 @@ class NGD(torch.optim.Optimizer):
     ) -> None:
         if lr <= 0 or momentum < 0 or weight_decay < 0:
             raise ValueError(f"need lr > 0, momentum >= 0, weight_decay >= 0; got {lr}, {momentum}, {weight_decay}.")
-        self.preconditioner = NGDPreconditioner(model, curvature, fisher_type, likelihood, damping, **preconditioner)
+        self.preconditioner = NGDPreconditioner(model, structure, fisher_type, likelihood, damping, **preconditioner)
         params = list(self.preconditioner.parameters.values())
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "kl_clip": kl_clip})
 

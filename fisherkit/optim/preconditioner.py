@@ -13,14 +13,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from fisherkit.curvature import Block, Curvature
-from fisherkit.estimators import block_fisher, diagonal_fisher, ekfac_fisher, kfac_fisher
+from fisherkit.errors import NonFiniteFisherError
+from fisherkit.estimators import fisher, get_structure
 from fisherkit.estimators.common import prepare_plan
 from fisherkit.estimators.distributed import is_distributed
 from fisherkit.likelihoods import Likelihood
 from fisherkit.optim.damping import LevenbergMarquardt
 from fisherkit.plan import UnsupportedModelError
 
-CURVATURES = {"diagonal": diagonal_fisher, "kfac": kfac_fisher, "ekfac": ekfac_fisher, "block": block_fisher}
 Schedule = float | Callable[[int], float]
 
 
@@ -48,7 +48,8 @@ class NGDPreconditioner:
 
     Args:
         model: The model; its trainable parameters are preconditioned.
-        curvature: ``"diagonal"``, ``"kfac"``, ``"ekfac"`` or ``"block"``.
+        structure: A registered Fisher structure (``fisherkit.STRUCTURES``: ``"diagonal"``,
+            ``"kfac"``, ``"ekfac"``, ``"block"``, ``"full"``).
         fisher_type: ``"mc"`` (true Fisher, default), ``"exact"`` or ``"empirical"`` (needs
             ``targets`` passed to ``precondition``).
         likelihood: ``"categorical"``, ``"gaussian"``, ``"bernoulli"`` or a ``Likelihood``.
@@ -67,7 +68,7 @@ class NGDPreconditioner:
     def __init__(
         self,
         model: nn.Module,
-        curvature: str = "kfac",
+        structure: str = "kfac",
         fisher_type: str = "mc",
         likelihood: str | Likelihood = "categorical",
         damping: Schedule = 1e-3,
@@ -79,21 +80,20 @@ class NGDPreconditioner:
         seed: int | None = None,
         fallback: bool = False,
     ) -> None:
-        if curvature not in CURVATURES:
-            raise ValueError(f"unknown curvature {curvature!r}; choose one of {tuple(CURVATURES)}.")
+        get_structure(structure)
         check_ema_decay(value_at(ema_decay, 0))
         if stats_every < 1 or inverse_every < 1:
             raise ValueError("stats_every and inverse_every must be positive integers.")
         plan = prepare_plan(model, fallback)
-        if curvature in ("kfac", "ekfac"):
+        if structure in ("kfac", "ekfac"):
             if plan.tied:
-                raise UnsupportedModelError(f"parameters {plan.tied} are tied; use curvature='diagonal' or 'block'.")
+                raise UnsupportedModelError(f"parameters {plan.tied} are tied; use structure='diagonal' or 'block'.")
             plan.require_layerwise()
-        elif curvature == "diagonal" and not plan.tied:
+        elif structure == "diagonal" and not plan.tied:
             plan.require_layerwise()
         self.model = model
         self.names = list(plan.names)
-        self.curvature, self.fisher_type, self.likelihood = curvature, fisher_type, likelihood
+        self.structure, self.fisher_type, self.likelihood = structure, fisher_type, likelihood
         self.damping, self.ema_decay, self.pi_damping = damping, ema_decay, pi_damping
         self.stats_every, self.inverse_every = stats_every, inverse_every
         self.options = {"mc_samples": mc_samples, "fallback": fallback, "progress": False}
@@ -133,18 +133,21 @@ class NGDPreconditioner:
             raise ValueError("no forward pass was recorded: run the model on a batch before stepping.")
         if self.fisher_type == "empirical" and targets is None:
             raise ValueError("fisher_type='empirical' needs the batch's labels: pass targets=y to step().")
-        estimator = CURVATURES[self.curvature]
         was_training = self.model.training
         self.model.eval()
         self._estimating = True
         try:
             batch = [(self._inputs, targets)]
-            estimate = estimator(
-                self.model, batch, self.likelihood, self.fisher_type, generator=self.generator, **self.options
+            estimate = fisher(
+                self.model,
+                batch,
+                self.structure,
+                self.likelihood,
+                self.fisher_type,
+                generator=self.generator,
+                **self.options,
             )
-        except ValueError as error:
-            if "NaN or Inf" not in str(error):
-                raise
+        except NonFiniteFisherError as error:
             self.skipped.append(f"step {self.steps}: {error}")
             warnings.warn(f"NGD skipped a statistics update: {error}", RuntimeWarning, stacklevel=3)
             return False
