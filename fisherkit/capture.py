@@ -26,13 +26,21 @@ class Capture:
             output = model(x)
         capture.calls[module]  # list of LayerCall, one per call
 
+    A call whose output has batch size 1 while the batch has B > 1 rows is a use broadcast over the
+    batch (position ids ``(1, T)`` shared by every sample, a learned query): the hook hands the
+    model ``output.expand(B, ...)`` instead — a view that broadcasting code cannot tell apart — and
+    records that view's edge with the inputs expanded alike, so each sample gets its own output
+    gradient and the rule sees B samples rather than one batch sum.
+
     Args:
         modules: The modules to watch. A call whose output does not require grad (run under
             ``torch.no_grad``) is recorded without an output edge.
+        batch_size: B, the batch's number of samples.
     """
 
-    def __init__(self, modules: Iterable[nn.Module]) -> None:
+    def __init__(self, modules: Iterable[nn.Module], batch_size: int) -> None:
         self.modules = list(modules)
+        self.batch_size = batch_size
         self.calls: dict[nn.Module, list[LayerCall]] = {m: [] for m in self.modules}
         self._handles: list[RemovableHandle] = []
 
@@ -55,12 +63,17 @@ class Capture:
             handle.remove()
         self._handles.clear()
 
-    def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Tensor | None:
         if not isinstance(output, Tensor):
             raise TypeError(
                 f"{type(module).__name__} returned {type(output).__name__}; fisherkit's layer rules "
                 f"need modules whose output is one tensor."
             )
+        broadcast = self.batch_size > 1 and output.dim() > 0 and output.shape[0] == 1
+        if broadcast:
+            output = output.expand(self.batch_size, *output.shape[1:])
+            args = tuple(self._expanded(a) for a in args)
+            kwargs = {k: self._expanded(v) for k, v in kwargs.items()}
         call = LayerCall(
             args=tuple(_detached(a) for a in args),
             kwargs={k: _detached(v) for k, v in kwargs.items()},
@@ -68,3 +81,9 @@ class Capture:
             output_shape=output.shape,
         )
         self.calls[module].append(call)
+        return output if broadcast else None
+
+    def _expanded(self, value: Any) -> Any:
+        if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == 1:
+            return value.expand(self.batch_size, *value.shape[1:])
+        return value

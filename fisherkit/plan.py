@@ -20,16 +20,30 @@ class PlanEntry:
         path: Module name in ``model.named_modules()`` (``""`` for the root).
         module: The module.
         rule: Its rule, or ``None`` when no rule is registered and the fallback is off.
-        local_names: Direct parameter names to estimate (``"weight"``, ``"bias"``).
+        local_names: Direct parameter names this module's rule computes (``"weight"``, ``"bias"``).
+        tied_names: Those of ``local_names`` that other modules use too (tied weights): their
+            per-sample gradients are summed over the modules before squaring.
+        canonical: Full name in ``model.named_parameters()`` of each local name whose parameter is
+            listed there under another module's path (a tied weight is listed once).
     """
 
     path: str
     module: nn.Module
     rule: LayerRule | None
     local_names: list[str]
+    tied_names: list[str] = field(default_factory=list)
+    canonical: dict[str, str] = field(default_factory=dict)
 
     def full_name(self, local: str) -> str:
+        """The parameter's name in ``model.named_parameters()``."""
+        if local in self.canonical:
+            return self.canonical[local]
         return f"{self.path}.{local}" if self.path else local
+
+    @property
+    def own_names(self) -> list[str]:
+        """The local names no other module shares."""
+        return [n for n in self.local_names if n not in self.tied_names]
 
     @property
     def rule_name(self) -> str:
@@ -47,7 +61,8 @@ class Plan:
         entries: One per module with trainable direct parameters, in ``named_modules`` order.
         names: Every trainable parameter name, in ``named_parameters`` order.
         frozen: Parameters with ``requires_grad=False`` (left out of the Fisher).
-        tied: Names of parameters owned by more than one module (tied weights).
+        tied: Names of parameters used by more than one module's rule (tied weights, e.g. an
+            embedding and the LM head that reuses it).
     """
 
     entries: list[PlanEntry]
@@ -73,12 +88,6 @@ class Plan:
                 f"with @fisherkit.register_rule, pass fallback=True to use per-layer torch.func "
                 f"gradients for them, or use engine='vmap'."
             )
-        if self.tied:
-            raise UnsupportedModelError(
-                f"parameters {self.tied} are shared by several modules (tied weights); the layerwise "
-                f"engine computes per-module gradients and cannot add them up before squaring. "
-                f"Use engine='vmap' (or engine='auto', which picks it)."
-            )
 
 
 def build_plan(model: nn.Module, fallback: bool = False) -> Plan:
@@ -103,11 +112,7 @@ def build_plan(model: nn.Module, fallback: bool = False) -> Plan:
             f"which couples samples: per-sample gradients and the Fisher are undefined. Call "
             f"model.eval() before estimating the Fisher."
         )
-    owners: dict[int, list[str]] = {}
-    for path, module in model.named_modules(remove_duplicate=False):
-        for n, p in module.named_parameters(recurse=False):
-            owners.setdefault(id(p), []).append(f"{path}.{n}" if path else n)
-    tied = sorted(n for paths in owners.values() if len(paths) > 1 for n in paths)
+    canonical = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
     entries = []
     for path, module in model.named_modules():
         local = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
@@ -119,9 +124,38 @@ def build_plan(model: nn.Module, fallback: bool = False) -> Plan:
         if rule is not None:
             rule.check(module)
         entries.append(PlanEntry(path, module, rule, local))
+    _leave_to_fallback_ancestors(entries)
+    owners: dict[int, list[PlanEntry]] = {}
+    for entry in entries:
+        for local in entry.local_names:
+            parameter = getattr(entry.module, local)
+            owners.setdefault(id(parameter), []).append(entry)
+            own_name = f"{entry.path}.{local}" if entry.path else local
+            if canonical[id(parameter)] != own_name:
+                entry.canonical[local] = canonical[id(parameter)]
+    tied = []
+    for key, sharing in owners.items():
+        if len(sharing) > 1:
+            tied.append(canonical[key])
+            for entry in sharing:
+                entry.tied_names += [n for n in entry.local_names if id(getattr(entry.module, n)) == key]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    return Plan(entries, names, frozen, tied)
+    return Plan([e for e in entries if e.local_names], names, frozen, tied)
+
+
+def _leave_to_fallback_ancestors(entries: list[PlanEntry]) -> None:
+    """A parameter a fallback module owns is differentiated through that module's whole forward,
+    which includes its submodules' use of it: a submodule sharing it (Hugging Face's
+    ``decoder.bias = self.bias``) leaves it to the ancestor, so that use is counted once."""
+    for ancestor in entries:
+        if not isinstance(ancestor.rule, TorchFuncRule):
+            continue
+        prefix = f"{ancestor.path}." if ancestor.path else ""
+        held = {id(getattr(ancestor.module, n)) for n in ancestor.local_names}
+        for entry in entries:
+            if entry is not ancestor and entry.path.startswith(prefix):
+                entry.local_names = [n for n in entry.local_names if id(getattr(entry.module, n)) not in held]
 
 
 class Explanation(str):
@@ -150,5 +184,5 @@ def explain(model: nn.Module, fallback: bool | None = None) -> Explanation:
     if plan.frozen:
         lines.append(f"left out (requires_grad=False): {', '.join(plan.frozen)}")
     if plan.tied:
-        lines.append(f"tied (shared by several modules; layerwise engine refuses): {', '.join(plan.tied)}")
+        lines.append(f"tied (per-sample gradients summed over the modules sharing them): {', '.join(plan.tied)}")
     return Explanation("\n".join(lines))

@@ -78,11 +78,23 @@ def test_default_fallback_warns_once_naming_the_module():
     torch.testing.assert_close(default.to_dense(), explicit.to_dense())
 
 
-def test_tied_weights_on_the_layerwise_engine():
-    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
-    model[2].weight = model[0].weight
-    with pytest.raises(fk.UnsupportedModelError, match="tied weights"):
-        fk.diagonal_fisher(model, torch.randn(6, 4), engine="layerwise")
+class _ReadsAChildsWeight(nn.Module):
+    """Uses ``embed.weight`` directly as an output layer: the Embedding rule sees only one of its uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(6, 3)
+
+    def forward(self, tokens):
+        return nn.functional.linear(self.embed(tokens), self.embed.weight)
+
+
+def test_a_parameter_used_outside_its_module_is_refused_by_name():
+    model, tokens = _ReadsAChildsWeight(), torch.randint(0, 6, (4, 5))
+    with pytest.raises(fk.UnsupportedModelError, match=r"'embed.weight' is used 2 time.*sees 1 call.*engine='vmap'"):
+        fk.diagonal_fisher(model, tokens)
+    with pytest.raises(fk.UnsupportedModelError, match=r"'embed.weight' is used 2 time"):
+        fk.kfac_fisher(model, tokens)
 
 
 def test_inputs_and_model_on_different_devices():

@@ -48,11 +48,42 @@ def test_module_called_twice_per_forward():
     _check_against_oracle(_Twice().double(), *_data(), engine="layerwise")
 
 
-def test_tied_weights_auto_picks_vmap_and_is_correct():
+def test_tied_weights_on_every_engine_equal_the_per_sample_loop():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3)).double()
     model[2].weight = model[0].weight
-    _check_against_oracle(model, *_data(), engine="auto")
+    assert fk.plan.build_plan(model).tied == ["0.weight"]
+    for engine in ("auto", "layerwise", "vmap"):
+        _check_against_oracle(model, *_data(), engine=engine)
+
+
+class _TiedEmbeddingLM(nn.Module):
+    """An embedding and an output layer that share one matrix, called in one forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(7, 4)
+        self.mix = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 7, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens):
+        return self.head(torch.tanh(self.mix(self.embed(tokens))))
+
+
+def test_tied_embedding_and_head_sum_their_contributions_before_squaring():
+    torch.manual_seed(0)
+    model = _TiedEmbeddingLM().double()
+    tokens = torch.randint(0, 7, (5, 3))
+    labels = torch.randint(0, 7, (5, 3))
+    want = brute_force_diagonal(model, tokens, "categorical", "empirical", labels)
+    fisher = fk.diagonal_fisher(model, (tokens, labels), fisher_type="empirical")
+    assert fisher.names == ("embed.weight", "mix.weight", "mix.bias")
+    torch.testing.assert_close(flatten(fisher.diagonals), flatten(want), **TOL)
+    kfac = fk.kfac_fisher(model, (tokens, labels), fisher_type="empirical")
+    kinds = {block.names: type(block).__name__ for block in kfac.blocks}
+    assert kinds == {("embed.weight",): "DiagonalBlock", ("mix.weight", "mix.bias"): "KroneckerBlock"}
+    torch.testing.assert_close(kfac.diagonal()[0], want[0], **TOL)
 
 
 class _MyLinear(nn.Linear):

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 ColumnsFn = Callable[[Tensor], Tensor]
@@ -30,8 +31,14 @@ class ModelCall:
     batch_size: int
 
     def __call__(self, model: Callable[..., Any]) -> Tensor:
-        """The predictions of ``model`` (a module, or a functional form of one) on this batch."""
-        return self.select(model(*self.args, **self.kwargs))
+        """The predictions of ``model`` (a module, or a functional form of one) on this batch.
+
+        Code compiled with ``torch.compile`` runs eagerly here: a compiled graph skips the forward
+        hooks that capture layer inputs (and would give a Fisher of zeros); eager execution computes
+        the same function, so the Fisher equals the eager model's.
+        """
+        with torch.compiler.set_stance("force_eager"):
+            return self.select(model(*self.args, **self.kwargs))
 
     def _is_batched(self, value: Any) -> bool:
         return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == self.batch_size

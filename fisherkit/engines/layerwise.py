@@ -8,7 +8,9 @@ from torch import Tensor, nn
 
 from fisherkit.capture import Capture
 from fisherkit.engines.base import ColumnsFn, Engine, ModelCall, PerSampleConsumer
+from fisherkit.errors import UnsupportedModelError
 from fisherkit.plan import Plan, PlanEntry
+from fisherkit.rules import TorchFuncRule
 from fisherkit.rules.base import LayerCall
 
 
@@ -28,21 +30,27 @@ class LayerwiseEngine(Engine):
         self.model = model
         self.plan = plan
         self.memory_budget = memory_budget
+        self._uses_checked = False
 
     def _forward(self, call: ModelCall) -> tuple[Capture, Tensor]:
-        with torch.enable_grad(), Capture(entry.module for entry in self.plan.entries) as capture:
+        with torch.enable_grad(), Capture((e.module for e in self.plan.entries), call.batch_size) as capture:
             output = call(self.model)
         return capture, output
 
     def visit(self, call: ModelCall, columns_fn: ColumnsFn, visitor: LayerVisitor) -> int:
         """Runs the batch and shows ``visitor`` every layer's inputs once and its output gradients
-        once per column chunk; returns the batch size."""
+        once per column chunk, and the per-sample gradients of tied parameters summed over the
+        modules sharing them; returns the batch size."""
         capture, output = self._forward(call)
+        if not self._uses_checked:
+            check_parameter_uses(self.plan, capture, output)
+            self._uses_checked = True
         columns = columns_fn(output)
         entries = [e for e in self.plan.entries if capture.calls[e.module]]
         for entry in entries:
-            visitor.inputs(entry, capture.calls[entry.module])
-        calls = [call for e in entries for call in capture.calls[e.module]]
+            if entry.own_names:
+                visitor.inputs(entry, capture.calls[entry.module])
+        calls = [layer_call for e in entries for layer_call in capture.calls[e.module]]
         bytes_per_column = output.element_size() * sum(c.output_shape.numel() for c in calls)
         chunk = max(1, self.memory_budget // max(1, bytes_per_column))
         pieces = columns.split(chunk)
@@ -51,9 +59,13 @@ class LayerwiseEngine(Engine):
             grads = self._output_grads(output, calls, piece, retain=not last)
             by_call = dict(zip(map(id, calls), grads))
             del grads
+            for name, value in tied_per_sample_grads(entries, capture, by_call).items():
+                visitor.tied(name, value)
             for entry in entries:
                 entry_calls = capture.calls[entry.module]
-                visitor.grads(entry, entry_calls, [by_call.pop(id(call)) for call in entry_calls])
+                entry_grads = [by_call.pop(id(layer_call)) for layer_call in entry_calls]
+                if entry.own_names:
+                    visitor.grads(entry, entry_calls, entry_grads)
                 if last:  # release this layer's inputs before the next layer's temporaries
                     capture.calls[entry.module] = []
             visitor.chunk_done()
@@ -102,19 +114,101 @@ class LayerVisitor:
         """Called once per batch with a module's captured calls, before any gradient."""
 
     def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
-        """Called once per column chunk with ``(K, B, ...)`` output gradients, one per call."""
+        """Called once per column chunk with ``(K, B, ...)`` output gradients, one per call, for the
+        module's ``own_names`` (the parameters no other module shares)."""
+
+    def tied(self, name: str, grads: Tensor) -> None:
+        """Called once per column chunk with the ``(K, B, *shape)`` per-sample gradients of a tied
+        parameter, summed over every module that uses it. A visitor must handle them: none may be
+        dropped, so the default raises."""
+        raise NotImplementedError(f"{type(self).__name__} does not handle the tied parameter {name!r}")
 
     def chunk_done(self) -> None:
         """Called after every module has seen a column chunk."""
 
 
-def entry_per_sample_grads(entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> dict[str, Tensor]:
-    """``{full parameter name: (K, B, *shape)}`` per-sample gradients of one module, summed over its calls."""
+def entry_per_sample_grads(
+    entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor], names: list[str] | None = None
+) -> dict[str, Tensor]:
+    """``{full parameter name: (K, B, *shape)}`` per-sample gradients of one module's ``names``
+    (default: its ``own_names``), summed over its calls."""
     total: dict[str, Tensor] = {}
+    wanted = entry.own_names if names is None else names
     for call, grad in zip(calls, grads):
-        for name, value in entry.rule.per_sample_grads(entry.module, call, grad, entry.local_names).items():
+        for name, value in entry.rule.per_sample_grads(entry.module, call, grad, wanted).items():
             total[name] = total[name] + value if name in total else value
     return {entry.full_name(name): value for name, value in total.items()}
+
+
+def tied_per_sample_grads(entries: list[PlanEntry], capture: Capture, by_call: dict[int, Tensor]) -> dict[str, Tensor]:
+    """``{name: (K, B, *shape)}`` per-sample gradients of every tied parameter, summed over the
+    modules (and calls) that use it, so cross terms between the uses enter the square."""
+    totals: dict[str, Tensor] = {}
+    for entry in entries:
+        if not entry.tied_names:
+            continue
+        calls = capture.calls[entry.module]
+        grads = [by_call[id(call)] for call in calls]
+        for name, value in entry_per_sample_grads(entry, calls, grads, entry.tied_names).items():
+            totals[name] = totals[name] + value if name in totals else value
+    return totals
+
+
+def check_parameter_uses(plan: Plan, capture: Capture, output: Tensor) -> None:
+    """Refuses a parameter that the forward uses more often than its rules see it.
+
+    A layer rule accounts for one use of each of its module's parameters per captured call; a
+    parameter also read outside that module's forward (``F.linear(x, self.embed.weight)``, a module
+    attribute added in a parent's forward, a compiled graph that ignores hooks) would get a
+    per-sample gradient that misses those uses. The uses are counted in the autograd graph of the
+    output: the edges into each parameter's gradient accumulator. Fallback modules are exempt
+    (their ``torch.func`` gradients cover every use inside their forward).
+
+    Raises:
+        UnsupportedModelError: Naming the parameter, its module and the fixes.
+    """
+    expected: dict[int, int] = {}
+    owner: dict[int, tuple[str, PlanEntry]] = {}
+    exempt: set[int] = set()
+    for entry in plan.entries:
+        for local in entry.local_names:
+            key = id(getattr(entry.module, local))
+            if isinstance(entry.rule, TorchFuncRule):
+                exempt.add(key)
+                continue
+            calls = [c for c in capture.calls[entry.module] if c.output_edge is not None]
+            expected[key] = expected.get(key, 0) + len(calls)
+            owner.setdefault(key, (entry.full_name(local), entry))
+    for key, found in _accumulator_uses(output).items():
+        if key in exempt or key not in owner or found <= expected[key]:
+            continue
+        name, entry = owner[key]
+        raise UnsupportedModelError(
+            f"parameter {name!r} is used {found} time(s) in the forward, but the rule of "
+            f"{entry.path or '<root>'} ({type(entry.module).__name__}) sees {expected[key]} call(s): the model reads "
+            f"it outside that module's forward, or runs a compiled graph that skips forward hooks, so its per-sample "
+            f"gradient would miss uses. Call the module instead of reading its parameter, register a rule for the "
+            f"module whose forward uses it, or use engine='vmap'."
+        )
+
+
+def _accumulator_uses(output: Tensor) -> dict[int, int]:
+    """``{id(leaf tensor): number of graph edges into its gradient accumulator}`` below ``output``."""
+    uses: dict[int, int] = {}
+    seen: set[int] = set()
+    stack = [output.grad_fn] if output.grad_fn is not None else []
+    while stack:
+        node = stack.pop()
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            variable = getattr(child, "variable", None)
+            if variable is not None:
+                uses[id(variable)] = uses.get(id(variable), 0) + 1
+            elif id(child) not in seen:
+                seen.add(id(child))
+                stack.append(child)
+    return uses
 
 
 def accumulate_entry_sqgrad(
@@ -135,8 +229,11 @@ class _SquaredGradients(LayerVisitor):
         self.sums = sums
 
     def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
-        out = {name: self.sums[entry.full_name(name)] for name in entry.local_names}
+        out = {name: self.sums[entry.full_name(name)] for name in entry.own_names}
         accumulate_entry_sqgrad(entry, calls, grads, out)
+
+    def tied(self, name: str, grads: Tensor) -> None:
+        self.sums[name].add_(grads.to(self.sums[name].dtype).square().sum((0, 1)))
 
 
 class _SquaredNorms(LayerVisitor):
@@ -149,11 +246,17 @@ class _SquaredNorms(LayerVisitor):
     def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
         if len(calls) == 1:
             out = self.norms.new_zeros(grads[0].shape[:2])
-            entry.rule.accumulate_sqnorm(entry.module, calls[0], grads[0], entry.local_names, out)
+            entry.rule.accumulate_sqnorm(entry.module, calls[0], grads[0], entry.own_names, out)
             self.norms.add_(out.sum(0))
             return
         for value in entry_per_sample_grads(entry, calls, grads).values():
-            self.norms.add_(value.to(self.norms.dtype).flatten(2).square().sum((0, 2)))
+            self._add(value)
+
+    def tied(self, name: str, grads: Tensor) -> None:
+        self._add(grads)
+
+    def _add(self, grads: Tensor) -> None:
+        self.norms.add_(grads.to(self.norms.dtype).flatten(2).square().sum((0, 2)))
 
 
 class _PerSampleGradients(LayerVisitor):
@@ -166,6 +269,9 @@ class _PerSampleGradients(LayerVisitor):
     def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
         for name, value in entry_per_sample_grads(entry, calls, grads).items():
             self.chunk[name] = value.flatten(0, 1)
+
+    def tied(self, name: str, grads: Tensor) -> None:
+        self.chunk[name] = grads.flatten(0, 1)
 
     def chunk_done(self) -> None:
         self.consume(self.chunk)

@@ -105,13 +105,12 @@ class Estimation:
         return torch.zeros(shape, dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=self.device)
 
     def engine(self) -> Engine:
-        """The engine of ``options.engine``; ``auto`` is layerwise (rules, fast paths) unless weights are tied.
+        """The engine of ``options.engine``; ``auto`` is the layerwise engine (rules, fast paths).
 
         Raises:
             UnsupportedModelError: A module without a rule on the layerwise path.
         """
-        name = self.options.engine
-        if name == "vmap" or (name == "auto" and self.plan.tied):
+        if self.options.engine == "vmap":
             return VmapEngine(self.model, self.plan.names, self.options.memory_budget)
         return self.layerwise_engine()
 

@@ -29,7 +29,7 @@ from fisherkit.estimators.common import Estimation, check_count, check_finite, r
 from fisherkit.estimators.distributed import all_reduce_sums
 from fisherkit.likelihoods import Likelihood
 from fisherkit.ops import kfac_factor_update, sqgrad_accumulate
-from fisherkit.plan import PlanEntry, UnsupportedModelError
+from fisherkit.plan import PlanEntry
 from fisherkit.rules.base import LayerCall
 
 APPROXIMATIONS = ("expand", "reduce")
@@ -134,12 +134,16 @@ class _FactorVisitor(LayerVisitor):
     def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
         factors = self.factors.get(id(entry.module))
         if factors is None:
-            out = {name: self.diagonal_sums[entry.full_name(name)] for name in entry.local_names}
+            out = {name: self.diagonal_sums[entry.full_name(name)] for name in entry.own_names}
             accumulate_entry_sqgrad(entry, calls, grads, out)
             return
         for call, grad in zip(calls, grads):
             tokens = next(entry.rule.kronecker_inputs(entry.module, call)) if factors.diagonal_input else None
             factors.add_grads(entry.rule.kronecker_grads(entry.module, call, grad), tokens)
+
+    def tied(self, name: str, grads: Tensor) -> None:
+        total = self.diagonal_sums[name]
+        total.add_(grads.to(total.dtype).square().sum((0, 1)))
 
 
 class _ScalingVisitor(LayerVisitor):
@@ -148,6 +152,9 @@ class _ScalingVisitor(LayerVisitor):
     def __init__(self, blocks: dict[int, KroneckerBlock], sums: dict[int, Tensor]) -> None:
         self.blocks = blocks
         self.sums = sums
+
+    def tied(self, name: str, grads: Tensor) -> None:
+        """Tied parameters have diagonal blocks, complete after the first pass."""
 
     def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
         block = self.blocks.get(id(entry.module))
@@ -182,14 +189,11 @@ class _ScalingVisitor(LayerVisitor):
 def _kronecker_entries(job: Estimation, approximation: str) -> dict[int, _Factors]:
     if approximation not in APPROXIMATIONS:
         raise ValueError(f"unknown KFAC approximation {approximation!r}; choose one of {APPROXIMATIONS}.")
-    if job.plan.tied:
-        raise UnsupportedModelError(
-            f"parameters {job.plan.tied} are shared by several modules (tied weights); a Kronecker "
-            f"factorization is per module. Use diagonal_fisher or block_fisher(engine='vmap')."
-        )
     job.plan.require_layerwise()
     factors = {}
     for entry in job.plan.entries:
+        if entry.tied_names:  # a factor is per module: a module sharing a parameter gets diagonal blocks
+            continue
         layout = entry.rule.kronecker_layout(entry.module, entry.local_names)
         if layout is not None:
             factors[id(entry.module)] = _Factors(entry, layout, job, approximation == "reduce")
@@ -230,12 +234,14 @@ def _estimate_factors(
 def _assemble(job: Estimation, blocks: dict[int, Block], diagonals: dict[str, Tensor]) -> Curvature:
     """Blocks in plan order: each module's structured block, then a diagonal block per other parameter."""
     ordered: list[Block] = []
+    placed: set[str] = set()
     for entry in job.plan.entries:
         if id(entry.module) in blocks:
             ordered.append(blocks[id(entry.module)])
         for local in entry.local_names:
             name = entry.full_name(local)
-            if name in diagonals:
+            if name in diagonals and name not in placed:
+                placed.add(name)
                 ordered.append(DiagonalBlock((name,), (diagonals[name].shape,), [diagonals[name]]))
     names = job.plan.names
     return Curvature(names, [job.parameters[n].shape for n in names], ordered)
@@ -278,7 +284,8 @@ def kfac_fisher(
         A ``Curvature`` of Kronecker and diagonal blocks over the trainable parameters.
 
     Raises:
-        ValueError: As ``diagonal_fisher``; tied weights are refused (a Kronecker factor is per module).
+        ValueError: As ``diagonal_fisher``. A module sharing a parameter with another (tied weights)
+            gets exact diagonal blocks for its parameters (a Kronecker factor is per module).
     """
     return run_estimator(estimate_kfac, model, data, likelihood, fisher_type, options, approximation=approximation)
 

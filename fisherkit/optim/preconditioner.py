@@ -19,7 +19,6 @@ from fisherkit.estimators.common import prepare_plan
 from fisherkit.estimators.distributed import is_distributed
 from fisherkit.likelihoods import Likelihood
 from fisherkit.optim.damping import LevenbergMarquardt
-from fisherkit.plan import UnsupportedModelError
 
 Schedule = float | Callable[[int], float]
 
@@ -85,11 +84,7 @@ class NGDPreconditioner:
         if stats_every < 1 or inverse_every < 1:
             raise ValueError("stats_every and inverse_every must be positive integers.")
         plan = prepare_plan(model, fallback)
-        if structure in ("kfac", "ekfac"):
-            if plan.tied:
-                raise UnsupportedModelError(f"parameters {plan.tied} are tied; use structure='diagonal' or 'block'.")
-            plan.require_layerwise()
-        elif structure == "diagonal" and not plan.tied:
+        if structure in ("kfac", "ekfac", "diagonal"):
             plan.require_layerwise()
         self.model = model
         self.names = list(plan.names)
