@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from types import TracebackType
 from typing import Any
 
 from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
+from torch.utils._pytree import tree_leaves
 from torch.utils.hooks import RemovableHandle
 
 from fisherkit.rules.base import LayerCall
@@ -36,11 +37,17 @@ class Capture:
         modules: The modules to watch. A call whose output does not require grad (run under
             ``torch.no_grad``) is recorded without an output edge.
         batch_size: B, the batch's number of samples.
+        several_outputs: Modules that may return several tensors (a tuple or nested tuples, as
+            ``nn.LSTM`` and ``nn.MultiheadAttention`` do): one edge per tensor is recorded. Others
+            must return one tensor.
     """
 
-    def __init__(self, modules: Iterable[nn.Module], batch_size: int) -> None:
+    def __init__(
+        self, modules: Iterable[nn.Module], batch_size: int, several_outputs: Collection[nn.Module] = ()
+    ) -> None:
         self.modules = list(modules)
         self.batch_size = batch_size
+        self.several_outputs = {id(m) for m in several_outputs}
         self.calls: dict[nn.Module, list[LayerCall]] = {m: [] for m in self.modules}
         self._handles: list[RemovableHandle] = []
 
@@ -65,10 +72,22 @@ class Capture:
 
     def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Tensor | None:
         if not isinstance(output, Tensor):
-            raise TypeError(
-                f"{type(module).__name__} returned {type(output).__name__}; fisherkit's layer rules "
-                f"need modules whose output is one tensor."
+            if id(module) not in self.several_outputs:
+                raise TypeError(
+                    f"{type(module).__name__} returned {type(output).__name__}; fisherkit's layer rules "
+                    f"need modules whose output is one tensor (the torch.func fallback serves others)."
+                )
+            tensors = [leaf for leaf in tree_leaves(output) if isinstance(leaf, Tensor) and leaf.is_floating_point()]
+            self.calls[module].append(
+                LayerCall(
+                    args=tuple(_detached(a) for a in args),
+                    kwargs={k: _detached(v) for k, v in kwargs.items()},
+                    output_edges=tuple(get_gradient_edge(t) if t.requires_grad else None for t in tensors),
+                    output_shapes=tuple(t.shape for t in tensors),
+                    batch_size=self.batch_size,
+                )
             )
+            return None
         broadcast = self.batch_size > 1 and output.dim() > 0 and output.shape[0] == 1
         if broadcast:
             output = output.expand(self.batch_size, *output.shape[1:])
@@ -77,8 +96,9 @@ class Capture:
         call = LayerCall(
             args=tuple(_detached(a) for a in args),
             kwargs={k: _detached(v) for k, v in kwargs.items()},
-            output_edge=get_gradient_edge(output) if output.requires_grad else None,
-            output_shape=output.shape,
+            output_edges=(get_gradient_edge(output) if output.requires_grad else None,),
+            output_shapes=(output.shape,),
+            batch_size=self.batch_size,
         )
         self.calls[module].append(call)
         return output if broadcast else None

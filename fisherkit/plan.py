@@ -8,6 +8,7 @@ from torch import nn
 
 from fisherkit.errors import UnsupportedModelError
 from fisherkit.rules import LayerRule, TorchFuncRule, find_rule
+from fisherkit.rules.scale import ElementwiseScaleRule, is_scale_candidate
 
 __all__ = ["Plan", "PlanEntry", "UnsupportedModelError", "build_plan", "explain"]
 
@@ -50,6 +51,8 @@ class PlanEntry:
         if self.rule is None:
             return "none (unsupported)"
         name = type(self.rule).__name__
+        if isinstance(self.rule, ElementwiseScaleRule):
+            return f"{name} (x̂ ⊙ weight, checked per call; else fallback)"
         return f"{name} (fallback, slow)" if isinstance(self.rule, TorchFuncRule) else name
 
 
@@ -77,7 +80,7 @@ class Plan:
     @property
     def fallback(self) -> list[PlanEntry]:
         """Entries without a registered rule, served by the per-layer ``torch.func`` fallback."""
-        return [e for e in self.entries if isinstance(e.rule, TorchFuncRule)]
+        return [e for e in self.entries if type(e.rule) is TorchFuncRule]
 
     def require_layerwise(self) -> None:
         """Raises ``UnsupportedModelError`` unless every trainable parameter has a usable rule."""
@@ -120,15 +123,17 @@ def build_plan(model: nn.Module, fallback: bool = False) -> Plan:
             continue
         rule = find_rule(module)
         if rule is None and fallback:
-            rule = TorchFuncRule()
+            label = f"{path or '<root>'} ({type(module).__name__})"
+            rule = ElementwiseScaleRule(label) if is_scale_candidate(module) else TorchFuncRule()
         if rule is not None:
             rule.check(module)
         entries.append(PlanEntry(path, module, rule, local))
-    _leave_to_fallback_ancestors(entries)
+    _absorb_directly_read_submodules(entries)
+    _assign_shared_with_descendants(entries)
     owners: dict[int, list[PlanEntry]] = {}
     for entry in entries:
         for local in entry.local_names:
-            parameter = getattr(entry.module, local)
+            parameter = entry.module.get_parameter(local)
             owners.setdefault(id(parameter), []).append(entry)
             own_name = f"{entry.path}.{local}" if entry.path else local
             if canonical[id(parameter)] != own_name:
@@ -138,24 +143,49 @@ def build_plan(model: nn.Module, fallback: bool = False) -> Plan:
         if len(sharing) > 1:
             tied.append(canonical[key])
             for entry in sharing:
-                entry.tied_names += [n for n in entry.local_names if id(getattr(entry.module, n)) == key]
+                entry.tied_names += [n for n in entry.local_names if id(entry.module.get_parameter(n)) == key]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     return Plan([e for e in entries if e.local_names], names, frozen, tied)
 
 
-def _leave_to_fallback_ancestors(entries: list[PlanEntry]) -> None:
-    """A parameter a fallback module owns is differentiated through that module's whole forward,
-    which includes its submodules' use of it: a submodule sharing it (Hugging Face's
-    ``decoder.bias = self.bias``) leaves it to the ancestor, so that use is counted once."""
+READS_SUBMODULE_PARAMETERS: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
+"""Modules whose forward reads their submodules' parameters without calling the submodules
+(``nn.MultiheadAttention`` and its ``out_proj``)."""
+
+
+def _absorb_directly_read_submodules(entries: list[PlanEntry]) -> None:
+    """A fallback module in ``READS_SUBMODULE_PARAMETERS`` takes over its submodules' parameters
+    (dotted names): their own rules would never see a call."""
+    for owner in [e for e in entries if isinstance(e.rule, TorchFuncRule)]:
+        if not isinstance(owner.module, READS_SUBMODULE_PARAMETERS):
+            continue
+        prefix = f"{owner.path}." if owner.path else ""
+        for entry in [e for e in entries if e is not owner and e.path.startswith(prefix)]:
+            relative = entry.path[len(prefix) :]
+            owner.local_names += [f"{relative}.{n}" for n in entry.local_names]
+            entry.local_names = []
+
+
+def _assign_shared_with_descendants(entries: list[PlanEntry]) -> None:
+    """A parameter that a fallback module and one of its submodules both own is used inside the
+    fallback module's forward, so counting it at both would count that use twice (Hugging Face's
+    ``decoder.bias = self.bias``). It goes to the submodule when that has a layer rule (fast; the
+    parameter-use check refuses the model should the ancestor also use it directly), else it stays
+    with the ancestor, whose ``torch.func`` gradient covers the submodule's use."""
     for ancestor in entries:
         if not isinstance(ancestor.rule, TorchFuncRule):
             continue
         prefix = f"{ancestor.path}." if ancestor.path else ""
-        held = {id(getattr(ancestor.module, n)) for n in ancestor.local_names}
-        for entry in entries:
-            if entry is not ancestor and entry.path.startswith(prefix):
-                entry.local_names = [n for n in entry.local_names if id(getattr(entry.module, n)) not in held]
+        descendants = [e for e in entries if e is not ancestor and e.path.startswith(prefix)]
+        for local in list(ancestor.local_names):
+            key = id(ancestor.module.get_parameter(local))
+            sharing = [e for e in descendants if any(id(e.module.get_parameter(n)) == key for n in e.local_names)]
+            if any(not isinstance(e.rule, TorchFuncRule) for e in sharing):
+                ancestor.local_names.remove(local)
+                continue
+            for entry in sharing:
+                entry.local_names = [n for n in entry.local_names if id(entry.module.get_parameter(n)) != key]
 
 
 class Explanation(str):

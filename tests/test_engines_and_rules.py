@@ -120,8 +120,10 @@ def test_explain_lists_rules_frozen_and_unsupported():
     text = fk.explain(model, fallback=False)
     assert "ConvRule" in text and "none (unsupported)" in text
     assert "left out (requires_grad=False): 3.bias" in text
-    assert "TorchFuncRule (fallback, slow)" in fk.explain(model)
-    assert "TorchFuncRule (fallback, slow)" in fk.explain(model, fallback=True)
+    assert "ElementwiseScaleRule (x̂ ⊙ weight, checked per call; else fallback)" in fk.explain(model)
+    transposed = nn.Sequential(nn.ConvTranspose2d(1, 2, 3), nn.Flatten(), nn.Linear(50, 3))
+    assert "TorchFuncRule (fallback, slow)" in fk.explain(transposed)
+    assert "TorchFuncRule (fallback, slow)" in fk.explain(transposed, fallback=True)
 
 
 class _TwoInputs(nn.Module):

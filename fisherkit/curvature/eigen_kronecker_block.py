@@ -28,7 +28,7 @@ class EigenKroneckerBlock(Block):
     form too. Damping is Tikhonov (``pi_damping`` does not apply).
 
     Attributes:
-        groups, rows, has_bias: The ``KroneckerLayout``.
+        groups, rows, has_bias, transposed: The ``KroneckerLayout``.
         left_basis: ``(groups, rows, rows)`` orthogonal, or None for the identity.
         right_basis: ``(groups, cols, cols)`` orthogonal, or None for the identity.
         scaling: ``(groups, rows, cols)`` eigenvalues.
@@ -40,10 +40,11 @@ class EigenKroneckerBlock(Block):
     left_basis: Tensor | None = None
     right_basis: Tensor | None = None
     scaling: Tensor | None = None
+    transposed: bool = False
 
     @property
     def layout(self) -> KroneckerLayout:
-        return KroneckerLayout(self.groups, self.rows, self.has_bias)
+        return KroneckerLayout(self.groups, self.rows, self.has_bias, self.transposed)
 
     def _damped(self, damping: float) -> Tensor:
         damped = self.scaling + check_damping(damping)

@@ -37,7 +37,7 @@ class KroneckerBlock(Block):
     (Martens & Grosse 2015).
 
     Attributes:
-        groups, rows, has_bias: The ``KroneckerLayout``.
+        groups, rows, has_bias, transposed: The ``KroneckerLayout``.
         left: ``(groups, rows, rows)`` or diagonal ``(groups, rows)``.
         right: ``(groups, cols, cols)`` or diagonal ``(groups, cols)``.
     """
@@ -47,10 +47,11 @@ class KroneckerBlock(Block):
     has_bias: bool = False
     left: Tensor | None = None
     right: Tensor | None = None
+    transposed: bool = False
 
     @property
     def layout(self) -> KroneckerLayout:
-        return KroneckerLayout(self.groups, self.rows, self.has_bias)
+        return KroneckerLayout(self.groups, self.rows, self.has_bias, self.transposed)
 
     def eigen(self) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
         """Cached (left values, left vectors, right values, right vectors)."""
@@ -99,12 +100,12 @@ class KroneckerBlock(Block):
             return KroneckerBlock(
                 self.names, self.shapes, self.groups, self.rows, self.has_bias,
                 shifted_inverse(self.left, left_shift, self.label),
-                shifted_inverse(self.right, right_shift, self.label),
+                shifted_inverse(self.right, right_shift, self.label), transposed=self.transposed,
             )  # fmt: skip
         _, left_vectors, _, right_vectors = self.eigen()
         return EigenKroneckerBlock(
             self.names, self.shapes, self.groups, self.rows, self.has_bias, left_vectors, right_vectors,
-            self._damped_spectrum(damping, pi_damping).reciprocal(),
+            self._damped_spectrum(damping, pi_damping).reciprocal(), transposed=self.transposed,
         )  # fmt: skip
 
     def diagonal(self) -> TensorList:

@@ -31,25 +31,31 @@ class KroneckerLayout:
         groups: Independent matrices (conv groups; 1 otherwise).
         rows: Rows per group (the left factor's size).
         has_bias: The last column of each matrix is the bias.
+        transposed: The weight is stored ``(inputs, outputs)`` (Hugging Face ``Conv1D``): its
+            transpose is the ``(rows, cols − 1)`` matrix. One group only.
     """
 
     groups: int
     rows: int
     has_bias: bool
+    transposed: bool = False
 
     def to_view(self, vectors: TensorList, batch_dims: int = 0) -> Tensor:
         """``[weight, (bias)]`` → ``(groups, rows, cols)``, after ``batch_dims`` leading axes."""
         lead = vectors[0].shape[:batch_dims]
-        weight = vectors[0].reshape(*lead, self.groups, self.rows, -1)
+        stored = vectors[0].transpose(-1, -2) if self.transposed else vectors[0]
+        weight = stored.reshape(*lead, self.groups, self.rows, -1)
         if not self.has_bias:
             return weight
         return torch.cat([weight, vectors[1].reshape(*lead, self.groups, self.rows, 1).to(weight.dtype)], -1)
 
     def from_view(self, view: Tensor, shapes: tuple[torch.Size, ...]) -> TensorList:
         """``(groups, rows, cols)`` → ``[weight, (bias)]`` of ``shapes``."""
-        if not self.has_bias:
-            return [view.reshape(shapes[0])]
-        return [view[..., :-1].reshape(shapes[0]), view[..., -1].reshape(shapes[1])]
+        weight = view[..., :-1] if self.has_bias else view
+        if self.transposed:
+            weight = weight.transpose(-1, -2)
+        weight = weight.reshape(shapes[0])
+        return [weight, view[..., -1].reshape(shapes[1])] if self.has_bias else [weight]
 
     def flat_index(self, shapes: tuple[torch.Size, ...], device: torch.device) -> Tensor:
         """``(groups, rows, cols)`` positions of every view entry in the flattened parameters."""

@@ -11,7 +11,7 @@ from fisherkit.engines.base import ColumnsFn, Engine, ModelCall, PerSampleConsum
 from fisherkit.errors import UnsupportedModelError
 from fisherkit.plan import Plan, PlanEntry
 from fisherkit.rules import TorchFuncRule
-from fisherkit.rules.base import LayerCall
+from fisherkit.rules.base import LayerCall, OutputGrad, leading_grad
 
 
 class LayerwiseEngine(Engine):
@@ -33,7 +33,9 @@ class LayerwiseEngine(Engine):
         self._uses_checked = False
 
     def _forward(self, call: ModelCall) -> tuple[Capture, Tensor]:
-        with torch.enable_grad(), Capture((e.module for e in self.plan.entries), call.batch_size) as capture:
+        modules = [e.module for e in self.plan.entries]
+        several = [e.module for e in self.plan.entries if isinstance(e.rule, TorchFuncRule)]
+        with torch.enable_grad(), Capture(modules, call.batch_size, several) as capture:
             output = call(self.model)
         return capture, output
 
@@ -51,7 +53,7 @@ class LayerwiseEngine(Engine):
             if entry.own_names:
                 visitor.inputs(entry, capture.calls[entry.module])
         calls = [layer_call for e in entries for layer_call in capture.calls[e.module]]
-        bytes_per_column = output.element_size() * sum(c.output_shape.numel() for c in calls)
+        bytes_per_column = output.element_size() * sum(shape.numel() for c in calls for shape in c.output_shapes)
         chunk = max(1, self.memory_budget // max(1, bytes_per_column))
         pieces = columns.split(chunk)
         for index, piece in enumerate(pieces):
@@ -81,14 +83,18 @@ class LayerwiseEngine(Engine):
         return self.visit(call, columns_fn, _PerSampleGradients(consume))
 
     @staticmethod
-    def _output_grads(output: Tensor, calls: list[LayerCall], columns: Tensor, retain: bool) -> list[Tensor]:
-        """``(K, B, ...)`` gradients of s·f w.r.t. every recorded layer output (zeros when unused)."""
+    def _output_grads(
+        output: Tensor, calls: list[LayerCall], columns: Tensor, retain: bool
+    ) -> list[Tensor | tuple[Tensor, ...]]:
+        """``(K, B, ...)`` gradients of s·f w.r.t. every recorded layer output (zeros when unused):
+        a tensor per call, or a tuple of them for a call with several output tensors."""
         batched = columns.shape[0] > 1
-        tracked = [c for c in calls if c.output_edge is not None]
+        slots = [(call, index) for call in calls for index in range(len(call.output_edges))]
+        tracked = [(call, index) for call, index in slots if call.output_edges[index] is not None]
         grads = (
             torch.autograd.grad(
                 output,
-                [c.output_edge for c in tracked],
+                [call.output_edges[index] for call, index in tracked],
                 grad_outputs=columns if batched else columns[0],
                 retain_graph=retain,
                 allow_unused=True,
@@ -97,13 +103,17 @@ class LayerwiseEngine(Engine):
             if tracked
             else ()
         )
-        by_call = {id(call): grad for call, grad in zip(tracked, grads) if grad is not None}
-        shaped = []
+        found = {(id(call), index): grad for (call, index), grad in zip(tracked, grads) if grad is not None}
+        shaped: list[Tensor | tuple[Tensor, ...]] = []
         for call in calls:
-            if id(call) not in by_call:
-                shaped.append(columns.new_zeros((columns.shape[0], *call.output_shape)))
-            else:
-                shaped.append(by_call[id(call)] if batched else by_call[id(call)].unsqueeze(0))
+            per_output = []
+            for index, shape in enumerate(call.output_shapes):
+                grad = found.get((id(call), index))
+                if grad is None:
+                    per_output.append(columns.new_zeros((columns.shape[0], *shape)))
+                else:
+                    per_output.append(grad if batched else grad.unsqueeze(0))
+            shaped.append(per_output[0] if len(per_output) == 1 else tuple(per_output))
         return shaped
 
 
@@ -113,7 +123,7 @@ class LayerVisitor:
     def inputs(self, entry: PlanEntry, calls: list[LayerCall]) -> None:
         """Called once per batch with a module's captured calls, before any gradient."""
 
-    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
+    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[OutputGrad]) -> None:
         """Called once per column chunk with ``(K, B, ...)`` output gradients, one per call, for the
         module's ``own_names`` (the parameters no other module shares)."""
 
@@ -128,7 +138,7 @@ class LayerVisitor:
 
 
 def entry_per_sample_grads(
-    entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor], names: list[str] | None = None
+    entry: PlanEntry, calls: list[LayerCall], grads: list[OutputGrad], names: list[str] | None = None
 ) -> dict[str, Tensor]:
     """``{full parameter name: (K, B, *shape)}`` per-sample gradients of one module's ``names``
     (default: its ``own_names``), summed over its calls."""
@@ -172,11 +182,11 @@ def check_parameter_uses(plan: Plan, capture: Capture, output: Tensor) -> None:
     exempt: set[int] = set()
     for entry in plan.entries:
         for local in entry.local_names:
-            key = id(getattr(entry.module, local))
+            key = id(entry.module.get_parameter(local))
             if isinstance(entry.rule, TorchFuncRule):
                 exempt.add(key)
                 continue
-            calls = [c for c in capture.calls[entry.module] if c.output_edge is not None]
+            calls = [c for c in capture.calls[entry.module] if c.tracked]
             expected[key] = expected.get(key, 0) + len(calls)
             owner.setdefault(key, (entry.full_name(local), entry))
     for key, found in _accumulator_uses(output).items():
@@ -212,7 +222,7 @@ def _accumulator_uses(output: Tensor) -> dict[int, int]:
 
 
 def accumulate_entry_sqgrad(
-    entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor], out: dict[str, Tensor]
+    entry: PlanEntry, calls: list[LayerCall], grads: list[OutputGrad], out: dict[str, Tensor]
 ) -> None:
     """Adds one module's squared per-sample gradient sums into ``out`` (keyed by direct name); a
     module called several times in one forward gets its per-call gradients added before squaring."""
@@ -228,7 +238,7 @@ class _SquaredGradients(LayerVisitor):
     def __init__(self, sums: dict[str, Tensor]) -> None:
         self.sums = sums
 
-    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
+    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[OutputGrad]) -> None:
         out = {name: self.sums[entry.full_name(name)] for name in entry.own_names}
         accumulate_entry_sqgrad(entry, calls, grads, out)
 
@@ -243,9 +253,9 @@ class _SquaredNorms(LayerVisitor):
     def __init__(self, norms: Tensor) -> None:
         self.norms = norms
 
-    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
+    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[OutputGrad]) -> None:
         if len(calls) == 1:
-            out = self.norms.new_zeros(grads[0].shape[:2])
+            out = self.norms.new_zeros(leading_grad(grads[0]).shape[:2])
             entry.rule.accumulate_sqnorm(entry.module, calls[0], grads[0], entry.own_names, out)
             self.norms.add_(out.sum(0))
             return
@@ -266,7 +276,7 @@ class _PerSampleGradients(LayerVisitor):
         self.consume = consume
         self.chunk: dict[str, Tensor] = {}
 
-    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
+    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[OutputGrad]) -> None:
         for name, value in entry_per_sample_grads(entry, calls, grads).items():
             self.chunk[name] = value.flatten(0, 1)
 

@@ -251,7 +251,9 @@ def _kronecker_block(job: Estimation, factors: _Factors) -> KroneckerBlock:
     layout = factors.layout
     left, right = (factors.inputs, factors.grads) if factors.diagonal_input else (factors.grads, factors.inputs)
     shapes = tuple(job.parameters[n].shape for n in factors.names)
-    return KroneckerBlock(tuple(factors.names), shapes, layout.groups, layout.rows, layout.has_bias, left, right)
+    return KroneckerBlock(
+        tuple(factors.names), shapes, layout.groups, layout.rows, layout.has_bias, left, right, layout.transposed
+    )
 
 
 def kfac_fisher(
@@ -342,6 +344,14 @@ def estimate_ekfac(job: Estimation, data: Any, approximation: str = "expand") ->
         check_finite(f"layer {factors[key].entry.path or '<root>'}", total)
         _, left, _, right = block.eigen()
         blocks[key] = EigenKroneckerBlock(
-            block.names, block.shapes, block.groups, block.rows, block.has_bias, left, right, total.div_(count)
+            block.names,
+            block.shapes,
+            block.groups,
+            block.rows,
+            block.has_bias,
+            left,
+            right,
+            total.div_(count),
+            block.transposed,
         )
     return _assemble(job, blocks, diagonals)

@@ -19,6 +19,14 @@ from torch.autograd.graph import GradientEdge
 
 from fisherkit.curvature.kronecker_layout import KroneckerLayout
 
+OutputGrad = Tensor | tuple[Tensor, ...]
+"""``(K, B, ...)`` gradients w.r.t. a layer's output, or a tuple of them (one per output tensor)."""
+
+
+def leading_grad(grad: OutputGrad) -> Tensor:
+    """The gradient w.r.t. the (first) output tensor."""
+    return grad if isinstance(grad, Tensor) else grad[0]
+
 
 @dataclass
 class LayerCall:
@@ -27,18 +35,26 @@ class LayerCall:
     Attributes:
         args: Positional inputs, detached, batch axis first.
         kwargs: Keyword inputs, detached.
-        output_edge: The autograd edge of the output as the module returned it. Gradients are taken
-            w.r.t. this edge rather than the tensor: the output's memory is not kept alive, and an
-            in-place operation downstream (``ReLU(inplace=True)``) cannot change what it means.
-            ``None`` when the call ran without autograd (under ``torch.no_grad``): no gradient
-            reaches its parameters through it.
-        output_shape: The output's shape.
+        output_edges: The autograd edge of each floating-point tensor in the output as the module
+            returned it (one for a tensor output; one per tensor of a tuple output, which only
+            the fallback rule accepts). Gradients are taken w.r.t. these edges rather than the
+            tensors: the output's memory is not kept alive, and an in-place operation downstream
+            (``ReLU(inplace=True)``) cannot change what it means. ``None`` where the call ran
+            without autograd (under ``torch.no_grad``): no gradient reaches its parameters there.
+        output_shapes: Their shapes.
+        batch_size: B, the number of samples of the batch the call belongs to.
     """
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
-    output_edge: GradientEdge | None = None
-    output_shape: torch.Size = field(default_factory=torch.Size)
+    output_edges: tuple[GradientEdge | None, ...] = ()
+    output_shapes: tuple[torch.Size, ...] = ()
+    batch_size: int = 1
+
+    @property
+    def tracked(self) -> bool:
+        """True when a gradient can reach the module's parameters through this call."""
+        return any(edge is not None for edge in self.output_edges)
 
     @property
     def input(self) -> Tensor:
@@ -72,7 +88,8 @@ class LayerRule:
         Args:
             module: The layer.
             call: Its captured call.
-            grad_output: ``(K, B, *output.shape[1:])`` gradients w.r.t. the layer output.
+            grad_output: ``(K, B, *output.shape[1:])`` gradients w.r.t. the layer output (a tuple
+                of such, one per output tensor, for modules returning several; fallback only).
             names: Direct parameter names (e.g. ``"weight"``) to compute.
 
         Returns:

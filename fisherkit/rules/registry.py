@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Callable
 
 from torch import nn
@@ -35,7 +37,13 @@ def register_rule(*module_types: type[nn.Module]) -> Callable[[type[LayerRule]],
 
 
 def find_rule(module: nn.Module) -> LayerRule | None:
-    """The rule registered for the nearest class in ``type(module).__mro__``, or ``None``."""
+    """The rule registered for the nearest class in ``type(module).__mro__``, or ``None``.
+
+    Rules for Hugging Face layers (``fisherkit.rules.huggingface``) are registered on the first
+    lookup after ``transformers`` has been imported.
+    """
+    if "transformers" in sys.modules and "fisherkit.rules.huggingface" not in sys.modules:
+        importlib.import_module("fisherkit.rules.huggingface")
     for cls in type(module).__mro__:
         rule = _RULES.get(cls)
         if rule is not None:
