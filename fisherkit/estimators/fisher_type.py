@@ -52,6 +52,12 @@ def make_columns_fn(
         )
 
     def columns_fn(output: Tensor) -> Tensor:
+        axis = likelihood.event_axis(output)
+        if axis == output.dim() - 1:
+            return last_axis_columns(output)
+        return last_axis_columns(output.movedim(axis, -1)).movedim(-1, axis + 1)
+
+    def last_axis_columns(output: Tensor) -> Tensor:
         likelihood.check(output, target, check_values=fisher_type == "empirical")
         if not bool(torch.isfinite(output).all()):
             raise NonFiniteFisherError(

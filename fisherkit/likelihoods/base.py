@@ -22,6 +22,11 @@ class Likelihood(ABC):
 
     name: str = ""
 
+    def event_axis(self, output: Tensor) -> int:
+        """The output axis that holds one distribution's parameters (a class axis); the other
+        methods see outputs with it moved last. Default: the last axis."""
+        return output.dim() - 1
+
     @abstractmethod
     def check(self, output: Tensor, target: Tensor | None, check_values: bool = True) -> None:
         """Raises ``ValueError`` when ``output`` (and ``target``, when given) do not fit.

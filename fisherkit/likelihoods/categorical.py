@@ -9,19 +9,40 @@ from fisherkit.likelihoods.base import Likelihood, check_batch_dims, split_posit
 
 
 class Categorical(Likelihood):
-    """p(y | f) = softmax(f)_y over the last axis; outputs ``(B, C)`` or ``(B, T..., C)``.
+    """p(y | f) = softmax(f)_y over the class axis; outputs ``(B, C)``, ``(B, T..., C)`` or, with
+    ``class_dim=1``, ``(B, C, d1, …)`` as ``cross_entropy`` takes them (segmentation logits).
 
     For sequence outputs the sample is the row n: log p(y_n | x_n) = Σ_t log p(y_{n,t} | f_{n,t}),
     with positions whose target equals ``ignore_index`` left out (they contribute nothing).
 
     Args:
         ignore_index: Target value marking positions to leave out (as in ``cross_entropy``).
+        class_dim: The class axis of the outputs. ``None`` (default): the last axis of ``(B, C)``
+            and ``(B, T, C)`` outputs; outputs with more axes are refused until it is given, since
+            ``(B, C, H, W)`` (``cross_entropy``'s layout) and ``(B, H, W, C)`` cannot be told apart.
     """
 
     name = "categorical"
 
-    def __init__(self, ignore_index: int = -100) -> None:
+    def __init__(self, ignore_index: int = -100, class_dim: int | None = None) -> None:
         self.ignore_index = ignore_index
+        self.class_dim = class_dim
+
+    def event_axis(self, output: Tensor) -> int:
+        if self.class_dim is not None:
+            if not -output.dim() < self.class_dim < output.dim() or self.class_dim % output.dim() == 0:
+                raise ValueError(
+                    f"categorical likelihood: class_dim={self.class_dim} is not a non-batch axis of model outputs "
+                    f"of shape {tuple(output.shape)}."
+                )
+            return self.class_dim % output.dim()
+        if output.dim() > 3:
+            raise ValueError(
+                f"categorical likelihood: model outputs of shape {tuple(output.shape)} have several axes besides "
+                f"the batch; say which holds the classes: fisherkit.Categorical(class_dim=1) for (N, C, d1, ...) as "
+                f"in cross_entropy, or fisherkit.Categorical(class_dim=-1) for (N, d1, ..., C)."
+            )
+        return output.dim() - 1
 
     def check(self, output: Tensor, target: Tensor | None, check_values: bool = True) -> None:
         if output.dim() < 2 or output.shape[-1] < 2:

@@ -103,15 +103,29 @@ class NGDPreconditioner:
         self._hook = model.register_forward_pre_hook(self._record_inputs, with_kwargs=True)
 
     def _record_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._estimating:  # the estimator's own forward passes are not training batches
+            return
+        if args and kwargs:
+            raise TypeError(
+                "NGD records a model called with positional inputs (model(x), model(*xs)) or with keyword "
+                "inputs (model(**batch)), not both."
+            )
         if kwargs:
-            raise TypeError("NGD records positional model inputs only; call the model as model(x) or model(*xs).")
-        if not self._estimating:  # the estimator's own forward passes are not training batches
+            self._inputs = {k: v.detach() if isinstance(v, Tensor) else v for k, v in kwargs.items()}
+        else:
             inputs = [a.detach() for a in args]
             self._inputs = inputs[0] if len(inputs) == 1 else inputs
 
     def remove(self) -> None:
         """Detaches the input hook from the model."""
         self._hook.remove()
+
+    def _recorded_batch(self, targets: Tensor | None) -> Any:
+        """The last training batch in a form the estimators read: keyword inputs as a dict batch
+        (its ``labels`` are the target unless ``targets`` is given), positional ones as a tuple."""
+        if isinstance(self._inputs, dict):
+            return self._inputs if targets is None else {**self._inputs, "labels": targets}
+        return (self._inputs, targets)
 
     @property
     def parameters(self) -> dict[str, nn.Parameter]:
@@ -126,13 +140,17 @@ class NGDPreconditioner:
         """
         if self._inputs is None:
             raise ValueError("no forward pass was recorded: run the model on a batch before stepping.")
-        if self.fisher_type == "empirical" and targets is None:
-            raise ValueError("fisher_type='empirical' needs the batch's labels: pass targets=y to step().")
+        labelled = isinstance(self._inputs, dict) and "labels" in self._inputs
+        if self.fisher_type == "empirical" and targets is None and not labelled:
+            raise ValueError(
+                "fisher_type='empirical' needs the batch's labels: pass targets=y to step() (or call the model "
+                "with a labels= keyword, as Hugging Face models take them)."
+            )
         was_training = self.model.training
         self.model.eval()
         self._estimating = True
         try:
-            batch = [(self._inputs, targets)]
+            batch = [self._recorded_batch(targets)]
             estimate = fisher(
                 self.model,
                 batch,
