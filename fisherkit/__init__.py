@@ -33,6 +33,7 @@ from fisherkit.matrix_free import FisherOperator
 from fisherkit.optim import NGD, LevenbergMarquardt, NGDPreconditioner
 from fisherkit.plan import explain
 from fisherkit.rules import LayerCall, LayerRule, TorchFuncRule, register_rule
+from fisherkit.verify import Verification, verify
 
 __version__ = "0.1.0"
 
@@ -62,6 +63,7 @@ __all__ = [
     "TorchFuncRule",
     "SumBlock",
     "UnsupportedModelError",
+    "Verification",
     "block_fisher",
     "diagonal_fisher",
     "ekfac_fisher",
@@ -72,4 +74,5 @@ __all__ = [
     "per_sample_fisher_trace",
     "register_rule",
     "register_structure",
+    "verify",
 ]

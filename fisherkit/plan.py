@@ -93,12 +93,14 @@ class Plan:
             )
 
 
-def build_plan(model: nn.Module, fallback: bool = False) -> Plan:
+def build_plan(model: nn.Module, fallback: bool | None = False) -> Plan:
     """Finds a rule for every module that owns trainable parameters.
 
     Args:
         model: The model.
-        fallback: Serve modules without a registered rule by ``TorchFuncRule``.
+        fallback: Serve modules without a registered rule by ``TorchFuncRule``: ``None`` (with a
+            warning, given by the estimators) or ``True``; ``False`` leaves them unsupported. Modules
+            matched by behaviour (``ElementwiseScaleRule``) follow the same choice when their check fails.
 
     Raises:
         ValueError: A module's own ``check`` refuses its configuration, or a module couples
@@ -122,9 +124,10 @@ def build_plan(model: nn.Module, fallback: bool = False) -> Plan:
         if not local:
             continue
         rule = find_rule(module)
-        if rule is None and fallback:
-            label = f"{path or '<root>'} ({type(module).__name__})"
-            rule = ElementwiseScaleRule(label) if is_scale_candidate(module) else TorchFuncRule()
+        if rule is None and is_scale_candidate(module):
+            rule = ElementwiseScaleRule(f"{path or '<root>'} ({type(module).__name__})", fallback)
+        elif rule is None and fallback is not False:
+            rule = TorchFuncRule()
         if rule is not None:
             rule.check(module)
         entries.append(PlanEntry(path, module, rule, local))
@@ -206,7 +209,7 @@ def explain(model: nn.Module, fallback: bool | None = None) -> Explanation:
     Returns:
         The table, a ``str`` that displays as the table in a REPL and prints as one.
     """
-    plan = build_plan(model, fallback=fallback is not False)
+    plan = build_plan(model, fallback=fallback)
     rows = [("module", "type", "rule", "parameters")]
     rows += [(e.path or "<root>", type(e.module).__name__, e.rule_name, ", ".join(e.local_names)) for e in plan.entries]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

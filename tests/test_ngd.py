@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from zoo import Scale
 
 import fisherkit as fk
 
@@ -173,8 +174,8 @@ def test_non_finite_statistics_are_skipped_and_never_reach_the_weights():
 
 
 def test_bad_input_is_refused_clearly():
-    with pytest.raises(fk.UnsupportedModelError, match="PReLU"):
-        fk.NGD(nn.Sequential(nn.Linear(3, 3), nn.PReLU()))
+    with pytest.raises(fk.UnsupportedModelError, match=r"1 \(Scale\).*fallback=True"):
+        fk.NGD(nn.Sequential(nn.Linear(3, 3), Scale(3)), fallback=False)
     model, x, y = _classifier()
     with pytest.raises(ValueError, match="no forward pass was recorded"):
         fk.NGD(model).step()

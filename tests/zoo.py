@@ -29,6 +29,17 @@ class Scale(nn.Module):
         return x * self.scale
 
 
+class ScaledRMS(nn.Module):
+    """An RMSNorm written by hand, as model libraries do (no registered rule: matched by behaviour)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.weight * (x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6))
+
+
 @dataclass
 class Case:
     name: str
@@ -104,6 +115,28 @@ CASES = [
         fallback=True,
     ),
     Case(
+        "conv-transpose-groups",
+        lambda: nn.Sequential(
+            nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2),
+            nn.Tanh(),
+            MeanOverPositions((2, 3)),
+            nn.Linear(6, 3),
+        ),
+        _randn(3, 4, 3, 2),
+    ),
+    Case(
+        "conv-transpose-1d",
+        lambda: nn.Sequential(
+            nn.ConvTranspose1d(2, 3, 3, stride=2, dilation=2, bias=False), nn.Tanh(), nn.Flatten(), nn.Linear(51, 3)
+        ),
+        _randn(3, 2, 7),
+    ),
+    Case(
+        "rmsnorm-by-behaviour",
+        lambda: nn.Sequential(nn.Linear(5, 4), ScaledRMS(4), nn.Tanh(), nn.Linear(4, 3)),
+        _randn(4, 5),
+    ),
+    Case(
         "sequence-output",
         lambda: nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)),
         _randn(3, 4, 4),
@@ -128,7 +161,7 @@ def build_case(case: Case, seed: int = 0) -> tuple[nn.Module, Tensor, Tensor]:
             module.running_var.uniform_(0.5, 2.0)
             nn.init.uniform_(module.weight, 0.5, 1.5)
             nn.init.uniform_(module.bias, -0.5, 0.5)
-        if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)):
+        if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, ScaledRMS)):
             nn.init.uniform_(module.weight, 0.5, 1.5)
             if getattr(module, "bias", None) is not None:
                 nn.init.uniform_(module.bias, -0.5, 0.5)

@@ -22,7 +22,7 @@ from fisherkit.plan import Plan, build_plan
 def prepare_plan(model: nn.Module, fallback: bool | None) -> Plan:
     """Builds the plan; reports frozen parameters (left out of the Fisher) and modules served by the
     slow per-layer fallback (``fallback=None``), each in one warning."""
-    plan = build_plan(model, fallback=fallback is not False)
+    plan = build_plan(model, fallback=fallback)
     if not plan.names:
         raise ValueError("the model has no parameters with requires_grad=True; there is nothing to estimate.")
     if plan.frozen:

@@ -61,7 +61,7 @@ class NGDPreconditioner:
         pi_damping: Factored damping for Kronecker blocks (cheaper inverse: two matrix products).
         mc_samples: Label draws per sample for ``"mc"``.
         seed: Seeds the label draws.
-        fallback: As in the estimators.
+        fallback: As in the estimators (``None``: modules without a rule use the fallback, with a warning).
     """
 
     def __init__(
@@ -77,7 +77,7 @@ class NGDPreconditioner:
         pi_damping: bool = True,
         mc_samples: int = 1,
         seed: int | None = None,
-        fallback: bool = False,
+        fallback: bool | None = None,
     ) -> None:
         get_structure(structure)
         check_ema_decay(value_at(ema_decay, 0))

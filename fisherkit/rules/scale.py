@@ -6,7 +6,7 @@ served by ``ElementwiseScaleRule``: on each call it computes x̂ = module(x) wit
 ones and checks that module(x) = x̂ ⊙ w at the actual weight; then ∇w = Σ g ⊙ x̂ (summed over
 every axis but the last), as fast as the built-in norm rules. A module that fails the check (a
 ``(1 + w)`` scale, a channel-first weight) is served by the ``torch.func`` fallback instead, with
-a warning that names it.
+a warning that names it (an error with ``fallback=False``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from fisherkit.errors import UnsupportedModelError
 from fisherkit.rules.base import LayerCall
 from fisherkit.rules.fallback import TorchFuncRule
 
@@ -33,10 +34,14 @@ class ElementwiseScaleRule(TorchFuncRule):
 
     Args:
         label: The module's path and type, for the one warning given when the check fails.
+        fallback: Serve a module failing the check by the ``torch.func`` fallback (as the
+            estimators' ``fallback`` option: ``None`` warns once, ``True`` silently, ``False``
+            makes it an error).
     """
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, fallback: bool | None = None) -> None:
         self.label = label
+        self.fallback = fallback
         self.warned = False
 
     def _normalized(self, module: nn.Module, call: LayerCall) -> Tensor | None:
@@ -60,7 +65,12 @@ class ElementwiseScaleRule(TorchFuncRule):
             return {}
         x_hat = self._normalized(module, call)
         if x_hat is None:
-            if not self.warned:
+            if self.fallback is False:
+                raise UnsupportedModelError(
+                    f"no layer rule for {self.label}, which does not compute x̂ ⊙ weight. Register one with "
+                    f"@fisherkit.register_rule, or pass fallback=True to use per-layer torch.func gradients for it."
+                )
+            if self.fallback is None and not self.warned:
                 self.warned = True
                 warnings.warn(
                     f"no layer rule for {self.label}, which does not compute x̂ ⊙ weight: served by per-sample "
