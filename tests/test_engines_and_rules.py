@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from oracles import TOLERANCES, brute_force_diagonal, flatten
 from torch import nn
@@ -61,9 +62,9 @@ def test_tied_weights_on_every_engine_equal_the_per_sample_loop():
 class _TiedEmbeddingLM(nn.Module):
     """An embedding and an output layer that share one matrix, called in one forward."""
 
-    def __init__(self) -> None:
+    def __init__(self, padding_idx: int | None = None) -> None:
         super().__init__()
-        self.embed = nn.Embedding(7, 4)
+        self.embed = nn.Embedding(7, 4, padding_idx=padding_idx)
         self.mix = nn.Linear(4, 4)
         self.head = nn.Linear(4, 7, bias=False)
         self.head.weight = self.embed.weight
@@ -72,9 +73,10 @@ class _TiedEmbeddingLM(nn.Module):
         return self.head(torch.tanh(self.mix(self.embed(tokens))))
 
 
-def test_tied_embedding_and_head_sum_their_contributions_before_squaring():
+@pytest.mark.parametrize("padding_idx", [None, 2])
+def test_tied_embedding_and_head_sum_their_contributions_before_squaring(padding_idx):
     torch.manual_seed(0)
-    model = _TiedEmbeddingLM().double()
+    model = _TiedEmbeddingLM(padding_idx).double()
     tokens = torch.randint(0, 7, (5, 3))
     labels = torch.randint(0, 7, (5, 3))
     want = brute_force_diagonal(model, tokens, "categorical", "empirical", labels)
@@ -85,6 +87,8 @@ def test_tied_embedding_and_head_sum_their_contributions_before_squaring():
     kinds = {block.names: type(block).__name__ for block in kfac.blocks}
     assert kinds == {("embed.weight",): "DiagonalBlock", ("mix.weight", "mix.bias"): "KroneckerBlock"}
     torch.testing.assert_close(kfac.diagonal()[0], want[0], **TOL)
+    per_sample = fk.block_fisher(model, (tokens, labels), fisher_type="empirical")  # the summed per-sample path
+    torch.testing.assert_close(per_sample.diagonal()[0], want[0], **TOL)
 
 
 class _MyLinear(nn.Linear):

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from fisherkit.capture import Capture
 from fisherkit.engines.base import ColumnsFn, Engine, ModelCall, PerSampleConsumer
+from fisherkit.engines.tied import TiedUse, embedding_head_sqgrad, summed_per_sample_grads
 from fisherkit.errors import UnsupportedModelError
 from fisherkit.plan import Plan, PlanEntry
 from fisherkit.rules import TorchFuncRule
@@ -61,8 +62,8 @@ class LayerwiseEngine(Engine):
             grads = self._output_grads(output, calls, piece, retain=not last)
             by_call = dict(zip(map(id, calls), grads))
             del grads
-            for name, value in tied_per_sample_grads(entries, capture, by_call).items():
-                visitor.tied(name, value)
+            for name, uses in tied_uses(entries, capture, by_call).items():
+                visitor.tied_uses(name, uses)
             for entry in entries:
                 entry_calls = capture.calls[entry.module]
                 entry_grads = [by_call.pop(id(layer_call)) for layer_call in entry_calls]
@@ -127,10 +128,14 @@ class LayerVisitor:
         """Called once per column chunk with ``(K, B, ...)`` output gradients, one per call, for the
         module's ``own_names`` (the parameters no other module shares)."""
 
+    def tied_uses(self, name: str, uses: list[TiedUse]) -> None:
+        """Called once per column chunk with every use of a tied parameter; by default hands their
+        summed per-sample gradients to ``tied`` (visitors with a cheaper form override this)."""
+        self.tied(name, summed_per_sample_grads(uses))
+
     def tied(self, name: str, grads: Tensor) -> None:
-        """Called once per column chunk with the ``(K, B, *shape)`` per-sample gradients of a tied
-        parameter, summed over every module that uses it. A visitor must handle them: none may be
-        dropped, so the default raises."""
+        """The ``(K, B, *shape)`` per-sample gradients of a tied parameter, summed over every module
+        that uses it. A visitor must handle them: none may be dropped, so the default raises."""
         raise NotImplementedError(f"{type(self).__name__} does not handle the tied parameter {name!r}")
 
     def chunk_done(self) -> None:
@@ -150,18 +155,15 @@ def entry_per_sample_grads(
     return {entry.full_name(name): value for name, value in total.items()}
 
 
-def tied_per_sample_grads(entries: list[PlanEntry], capture: Capture, by_call: dict[int, Tensor]) -> dict[str, Tensor]:
-    """``{name: (K, B, *shape)}`` per-sample gradients of every tied parameter, summed over the
-    modules (and calls) that use it, so cross terms between the uses enter the square."""
-    totals: dict[str, Tensor] = {}
+def tied_uses(entries: list[PlanEntry], capture: Capture, by_call: dict[int, OutputGrad]) -> dict[str, list[TiedUse]]:
+    """Every use of each tied parameter in this batch, by canonical name."""
+    uses: dict[str, list[TiedUse]] = {}
     for entry in entries:
-        if not entry.tied_names:
-            continue
         calls = capture.calls[entry.module]
         grads = [by_call[id(call)] for call in calls]
-        for name, value in entry_per_sample_grads(entry, calls, grads, entry.tied_names).items():
-            totals[name] = totals[name] + value if name in totals else value
-    return totals
+        for local in entry.tied_names:
+            uses.setdefault(entry.full_name(local), []).append(TiedUse(entry, local, calls, grads))
+    return uses
 
 
 def check_parameter_uses(plan: Plan, capture: Capture, output: Tensor) -> None:
@@ -241,6 +243,10 @@ class _SquaredGradients(LayerVisitor):
     def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[OutputGrad]) -> None:
         out = {name: self.sums[entry.full_name(name)] for name in entry.own_names}
         accumulate_entry_sqgrad(entry, calls, grads, out)
+
+    def tied_uses(self, name: str, uses: list[TiedUse]) -> None:
+        if not embedding_head_sqgrad(uses, self.sums[name]):
+            super().tied_uses(name, uses)
 
     def tied(self, name: str, grads: Tensor) -> None:
         self.sums[name].add_(grads.to(self.sums[name].dtype).square().sum((0, 1)))
