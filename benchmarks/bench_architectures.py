@@ -10,7 +10,7 @@ embeddings, a ViT classifier (all 4 layers, hidden 256, T = 128, batch 8), and a
 CNN with eval-mode BatchNorm (basic blocks [2, 2, 2, 2], widths 64-512, 8 images of 3 × 64 × 64).
 For each: seconds per batch, the ratio to fwd+bwd of the model's own loss on the same batches in
 the same run (interleaved rounds, medians), and peak tensor memory as a ratio to fwd+bwd. Methods:
-fisherkit's MC diagonal, KFAC (MC) and EKFAC (MC), and the peers that run on the model when
+fisherkit's MC diagonal, KFAC (MC; expand and reduce) and EKFAC (MC), and the peers that run on the model when
 installed (curvlinops' KFAC and EKFAC, Opacus' per-sample gradients).
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from measure import interleaved_median_seconds, peak_tensor_bytes
@@ -134,10 +135,10 @@ def forward_backward(model: nn.Module, batches: list) -> Callable[[], None]:
     return run
 
 
-def fisherkit_method(structure: str) -> Callable[[nn.Module, list], Callable[[], None]]:
+def fisherkit_method(structure: str, **options: str) -> Callable[[nn.Module, list], Callable[[], None]]:
     def method(model: nn.Module, batches: list) -> Callable[[], None]:
         def run() -> None:
-            fk.fisher(model, batches, structure, seed=0, progress=False, fallback=True)
+            fk.fisher(model, batches, structure, seed=0, progress=False, fallback=True, **options)
 
         return run
 
@@ -148,8 +149,10 @@ def peer_methods() -> dict[str, Callable[[nn.Module, list], Callable[[], None] |
     """The peers installed here that take an arbitrary model and loss."""
     methods: dict[str, Callable[[nn.Module, list], Callable[[], None] | str]] = {}
     if importlib.util.find_spec("curvlinops") is not None:
-        methods["curvlinops KFAC (mc)"] = lambda model, batches: _curvlinops(model, batches, "KFACLinearOperator")
-        methods["curvlinops EKFAC (mc)"] = lambda model, batches: _curvlinops(model, batches, "EKFACLinearOperator")
+        for operator in ("KFAC", "EKFAC"):
+            methods[f"curvlinops {operator} (mc; conv/linear parameters)"] = partial(
+                _curvlinops, operator=f"{operator}LinearOperator"
+            )
     if importlib.util.find_spec("opacus") is not None:
         methods["Opacus per-sample gradients"] = _opacus
     return methods
@@ -161,13 +164,19 @@ def _curvlinops(model: nn.Module, batches: list, operator: str) -> Callable[[], 
     import curvlinops
 
     cls = getattr(curvlinops, operator)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = _kronecker_parameters(model)  # curvlinops refuses the BatchNorm parameters
     loss = nn.CrossEntropyLoss(reduction="sum")
 
     def run() -> None:
-        cls(model, loss, params, batches, fisher_type="mc", mc_samples=1, check_deterministic=False)
+        operator = cls(model, loss, params, batches, fisher_type="mc", mc_samples=1, check_deterministic=False)
+        operator @ torch.ones(operator.shape[1])  # its statistics are computed on first use
 
     return run
+
+
+def _kronecker_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of Linear and Conv2d layers: the part of the model every peer's KFAC supports."""
+    return [p for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) for p in m.parameters()]
 
 
 def _opacus(model: nn.Module, batches: list) -> Callable[[], None] | str:
@@ -189,18 +198,32 @@ def _opacus(model: nn.Module, batches: list) -> Callable[[], None] | str:
     return run
 
 
-def bench(name: str, repeats: int) -> list[tuple[str, float, float, float]]:
+def _refusal(method: Callable, model: nn.Module, batches: list) -> Callable[[], None] | str:
+    """The prepared run, or why it cannot run on this model (a peer's own error, in one line)."""
+    try:
+        prepared = method(model, batches)
+        if callable(prepared):
+            prepared()  # a peer may refuse a layer only when it meets it
+        return prepared
+    except Exception as error:  # a peer's refusal becomes a row of the table
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+
+
+def bench(name: str, repeats: int, only: list[str] | None = None) -> list[tuple[str, float, float, float]]:
     model, batches = make_workload(name)
     methods = {
         "fwd+bwd": forward_backward,
         "fisherkit diagonal (mc)": fisherkit_method("diagonal"),
         "fisherkit KFAC (mc)": fisherkit_method("kfac"),
+        "fisherkit KFAC-reduce (mc)": fisherkit_method("kfac", approximation="reduce"),
         "fisherkit EKFAC (mc)": fisherkit_method("ekfac"),
         **peer_methods(),
     }
+    if only:
+        methods = {label: m for label, m in methods.items() if label == "fwd+bwd" or any(w in label for w in only)}
     runs, rows = {}, []
     for label, method in methods.items():
-        prepared = method(model, batches)
+        prepared = _refusal(method, model, batches)
         if callable(prepared):
             runs[label] = prepared
         else:
@@ -218,13 +241,14 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", help="only methods whose label contains one of these words")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.workloads:
         print(
             f"\n#### {name}\n\n| method | s / batch | × fwd+bwd | × fwd+bwd memory |\n|---|---:|---:|---:|", flush=True
         )
-        for label, per_batch, ratio, memory in bench(name, args.repeats):
+        for label, per_batch, ratio, memory in bench(name, args.repeats, args.methods):
             print(f"| {label} | {per_batch:.4f} | {ratio:.2f} | {memory:.2f} |", flush=True)
 
 

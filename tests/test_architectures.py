@@ -11,6 +11,7 @@ from oracles import TOLERANCES, brute_force_diagonal, flatten
 from torch import nn
 
 import fisherkit as fk
+from fisherkit.continual import EWC
 
 TOL = TOLERANCES[torch.float64]
 
@@ -161,3 +162,30 @@ def test_batch_second_layers_are_refused_with_the_fix(layer):
     model = nn.Sequential(layer)
     with pytest.raises(fk.UnsupportedModelError, match="batch_first=False.*Build it with batch_first=True"):
         fk.diagonal_fisher(model, torch.randn(3, 2, 4))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_ewc_and_ngd_train_every_architecture_with_default_arguments(name):
+    build, inputs, positions = CASES[name]
+    torch.manual_seed(0)
+    model, x = build().double(), inputs()
+    x = x.double() if x.dtype.is_floating_point else x
+    shape = (x.shape[0], *positions) if positions else (x.shape[0],)
+    y = torch.randint(0, 3, shape, generator=torch.Generator().manual_seed(1))
+    likelihood = fk.Categorical(class_dim=-1) if positions else "categorical"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the fallback's one warning per estimation
+        ewc = EWC(model, 1.0, structure="kfac", likelihood=likelihood, fisher_type="empirical")
+        ewc.end_task((x, y))
+        want = fk.kfac_fisher(model, (x, y), likelihood, fisher_type="empirical")
+        torch.testing.assert_close(flatten(ewc.fishers[0][0].diagonal()), flatten(want.diagonal()), **TOL)
+        optimizer = fk.NGD(model, lr=1e-2, likelihood=likelihood, damping=1e-2, stats_every=1, seed=0)
+        before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        optimizer.zero_grad()
+        output = model(x)
+        nn.functional.cross_entropy(output.reshape(-1, 3), y.reshape(-1)).backward()
+        optimizer.step()
+    after = [p.detach() for p in model.parameters() if p.requires_grad]
+    assert all(bool(torch.isfinite(p).all()) for p in after)
+    assert any(not torch.equal(b, a) for b, a in zip(before, after))
+    assert float(ewc.penalty().detach()) > 0

@@ -99,12 +99,18 @@ def transpose(basis: Tensor | None) -> Tensor | None:
     return None if basis is None else basis.transpose(-1, -2)
 
 
+THREADED_EIGH_SIZE = 1024  # factors this wide or wider are decomposed on every intra-op thread
+
+
 def factor_eigh(factor: Tensor, label: str) -> tuple[Tensor, Tensor | None]:
     """Eigenvalues ``(groups, n)`` (clamped at 0) and eigenvectors ``(groups, n, n)`` (None when diagonal).
 
     Checks for NaN/Inf first; decomposes at unit scale in float64 (no float32 convergence failures)
-    and, on CPU, on one thread: LAPACK's threaded eigh of factors with zero rows (dead units) was
-    measured at 7 s per 512 × 512 call on a loaded 2-core machine, against 0.05 s on one thread.
+    and, on CPU, factors below ``THREADED_EIGH_SIZE`` on one thread: LAPACK's threaded eigh of
+    factors with zero rows (dead units) was measured at 7 s per 512 × 512 call on a loaded 2-core
+    machine, against 0.05 s on one thread. Larger factors use every intra-op thread: a 4,608-wide
+    factor (ResNet-18's last convolutions) took 39 s on one thread and 20 s on two (float32: 27 s
+    and 16 s, not taken for the robustness above).
 
     Raises:
         ValueError: Non-finite entries, or no convergence even in float64; ``label`` names the layer.
@@ -115,7 +121,7 @@ def factor_eigh(factor: Tensor, label: str) -> tuple[Tensor, Tensor | None]:
         return factor.clamp(min=0), None
     scale = factor.abs().amax(dim=(-2, -1), keepdim=True).clamp(min=torch.finfo(factor.dtype).tiny)
     try:
-        with _single_threaded(factor.device):
+        with _single_threaded(factor.device, factor.shape[-1] < THREADED_EIGH_SIZE):
             values, vectors = torch.linalg.eigh((factor / scale).double())
     except torch.linalg.LinAlgError as error:
         raise ValueError(f"eigendecomposition of a Kronecker factor of {label} failed in float64") from error
@@ -151,9 +157,9 @@ def shifted_inverse(factor: Tensor, shift: Tensor, label: str) -> Tensor:
 
 
 @contextmanager
-def _single_threaded(device: torch.device) -> Iterator[None]:
-    """Runs CPU work on one intra-op thread, restoring the thread count afterwards."""
-    if device.type != "cpu":
+def _single_threaded(device: torch.device, when: bool = True) -> Iterator[None]:
+    """Runs CPU work on one intra-op thread (``when`` it is True), restoring the thread count afterwards."""
+    if device.type != "cpu" or not when:
         yield
         return
     threads = torch.get_num_threads()

@@ -34,6 +34,8 @@ from fisherkit.rules.base import LayerCall
 
 APPROXIMATIONS = ("expand", "reduce")
 BUFFERED_ROWS = 2048  # rows gathered before one SYRK: a short inner dimension wastes half a GEMM's speed
+DIRECT_ROWS = 1024  # a chunk this long is added at once: gathering it would only hold its memory (every
+# layer of a transformer batch of 8 × 128 tokens kept its rows: KFAC at 2.3× the fwd+bwd memory on BERT)
 
 
 class _RowBuffer:
@@ -48,7 +50,7 @@ class _RowBuffer:
     def add(self, rows: Tensor) -> None:
         self.pending.append(rows)
         self.rows += rows.shape[1]
-        if self.rows >= BUFFERED_ROWS:
+        if self.rows >= BUFFERED_ROWS or rows.shape[1] >= DIRECT_ROWS:
             self.flush()
 
     def flush(self) -> None:
