@@ -121,16 +121,21 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_default_arguments_give_the_exact_diagonal(name):
+def _build(name: str):
+    """The case's float64 model, inputs, labels, and likelihood: per-pixel logits (B, H, W, C) must
+    say where their classes are; every other case is all defaults."""
     build, inputs, positions = CASES[name]
     torch.manual_seed(0)
     model, x = build().double(), inputs()
     x = x.double() if x.dtype.is_floating_point else x
     shape = (x.shape[0], *positions) if positions else (x.shape[0],)
     y = torch.randint(0, 3, shape, generator=torch.Generator().manual_seed(1))
-    # per-pixel logits (B, H, W, C) must say where their classes are; every other case is all defaults
-    likelihood = fk.Categorical(class_dim=-1) if positions else "categorical"
+    return model, x, y, fk.Categorical(class_dim=-1) if positions else "categorical"
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_default_arguments_give_the_exact_diagonal(name):
+    model, x, y, likelihood = _build(name)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         empirical = fk.diagonal_fisher(model, (x, y), likelihood, fisher_type="empirical")
@@ -166,13 +171,7 @@ def test_batch_second_layers_are_refused_with_the_fix(layer):
 
 @pytest.mark.parametrize("name", CASES)
 def test_ewc_and_ngd_train_every_architecture_with_default_arguments(name):
-    build, inputs, positions = CASES[name]
-    torch.manual_seed(0)
-    model, x = build().double(), inputs()
-    x = x.double() if x.dtype.is_floating_point else x
-    shape = (x.shape[0], *positions) if positions else (x.shape[0],)
-    y = torch.randint(0, 3, shape, generator=torch.Generator().manual_seed(1))
-    likelihood = fk.Categorical(class_dim=-1) if positions else "categorical"
+    model, x, y, likelihood = _build(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the fallback's one warning per estimation
         ewc = EWC(model, 1.0, structure="kfac", likelihood=likelihood, fisher_type="empirical")
