@@ -200,3 +200,17 @@ def test_ewc_and_ngd_run_on_hugging_face_batches():
     torch.testing.assert_close(optimizer.preconditioner.fisher.to_dense(), want.to_dense())
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
     assert float(ewc.penalty()) > 0
+
+
+def test_a_subclass_of_a_causal_lm_keeps_the_shifted_convention():
+    class MyGPT2(transformers.GPT2LMHeadModel):
+        pass
+
+    torch.manual_seed(0)
+    base = _gpt2()
+    model = MyGPT2(base.config).double().eval()
+    model.load_state_dict(base.state_dict())
+    ids, mask = _padded_tokens()
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+    fisher = fk.diagonal_fisher(model, [batch], fisher_type="empirical")
+    _assert_matches(fisher, _hf_loss_loop(model, batch, _next_tokens))

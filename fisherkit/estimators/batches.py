@@ -37,15 +37,15 @@ class Batch:
 def is_causal_lm(model: nn.Module) -> bool:
     """True for Hugging Face causal-LM classes (their logits at t predict the token at t + 1)."""
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
-    cls = type(model)
-    if not cls.__module__.startswith("transformers."):
+    library = [c for c in type(model).__mro__ if c.__module__.startswith("transformers.")]
+    if not library:  # a subclass of a Hugging Face class counts through its base
         return False
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     names: set[str] = set()
     for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
         names.update([value] if isinstance(value, str) else value)
-    return any(c.__name__ in names for c in cls.__mro__)
+    return any(c.__name__ in names for c in library)
 
 
 def predictions_selector(selector: OutputSelector, causal: bool) -> Callable[[Any], Tensor]:
