@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fisherkit.batch_axis import Dims, batch_dims, take_rows
+
 ColumnsFn = Callable[[Tensor], Tensor]
 PerSampleConsumer = Callable[[dict[str, Tensor]], None]
 
@@ -40,23 +42,14 @@ class ModelCall:
         with torch.compiler.set_stance("force_eager"):
             return self.select(model(*self.args, **self.kwargs))
 
-    def _is_batched(self, value: Any) -> bool:
-        return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == self.batch_size
+    def in_dims(self) -> Dims:
+        """``torch.func.vmap`` dimensions of the inputs: 0 for batched tensors, None otherwise."""
+        return batch_dims(self.args, self.kwargs, self.batch_size)
 
     def rows(self, part: slice) -> ModelCall:
         """The call on the samples ``part`` (inputs without a batch axis are kept whole)."""
-
-        def cut(value: Any) -> Any:
-            return value[part] if self._is_batched(value) else value
-
-        size = len(range(self.batch_size)[part])
-        args = tuple(cut(a) for a in self.args)
-        return ModelCall(args, {k: cut(v) for k, v in self.kwargs.items()}, self.select, size)
-
-    def in_dims(self) -> tuple[tuple[int | None, ...], dict[str, int | None]]:
-        """``torch.func.vmap`` dimensions of the inputs: 0 for batched tensors, None otherwise."""
-        dims = tuple(0 if self._is_batched(a) else None for a in self.args)
-        return dims, {k: 0 if self._is_batched(v) else None for k, v in self.kwargs.items()}
+        args, kwargs = take_rows(self.args, self.kwargs, self.in_dims(), part)
+        return ModelCall(args, kwargs, self.select, len(range(self.batch_size)[part]))
 
     def tensors(self) -> list[Tensor]:
         """Every input tensor."""

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 
+from fisherkit.batch_axis import add_batch_axis
 from fisherkit.engines.base import ColumnsFn, Engine, ModelCall, PerSampleConsumer
 
 
@@ -50,12 +51,10 @@ class VmapEngine(Engine):
         with torch.no_grad():
             output = call(self.model)
         columns = columns_fn(output)
-        arg_dims, kwarg_dims = call.in_dims()
+        dims = call.in_dims()
 
         def one_sample(args: tuple, kwargs: dict[str, Any], sample_columns: Tensor) -> dict[str, Tensor]:
-            args = tuple(a.unsqueeze(0) if d == 0 else a for a, d in zip(args, arg_dims))
-            kwargs = {k: v.unsqueeze(0) if kwarg_dims[k] == 0 else v for k, v in kwargs.items()}
-            sample_call = ModelCall(args, kwargs, call.select, 1)
+            sample_call = ModelCall(*add_batch_axis(args, kwargs, dims), call.select, 1)
 
             def forward(p: dict[str, Tensor]) -> Tensor:
                 return sample_call(lambda *a, **k: functional_call(self.model, p, a, k))
@@ -66,7 +65,7 @@ class VmapEngine(Engine):
         batch = output.shape[0]
         bytes_per_sample = 3 * columns.shape[0] * sum(p.numel() * p.element_size() for p in params.values())
         chunk = max(1, self.memory_budget // max(1, bytes_per_sample))
-        per_sample = vmap(one_sample, in_dims=(arg_dims, kwarg_dims, 1))
+        per_sample = vmap(one_sample, in_dims=(*dims, 1))
         for start in range(0, batch, chunk):
             part = slice(start, start + chunk)
             rows = call.rows(part)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 from torch.utils._pytree import tree_leaves
 
+from fisherkit.batch_axis import Dims, add_batch_axis, batch_dims, take_rows
 from fisherkit.errors import UnsupportedModelError
 from fisherkit.rules.base import LayerCall, LayerRule, OutputGrad
 
@@ -52,20 +53,13 @@ class TorchFuncRule(LayerRule):
             return {}
         params = {name: _parameter(module, name).detach() for name in names}
         grads = (grad_output,) if isinstance(grad_output, Tensor) else tuple(grad_output)
-        batch = call.batch_size
-
-        def batched(value: Any) -> bool:
-            return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch
-
-        arg_dims = tuple(0 if batched(a) else None for a in call.args)
-        kwarg_dims = {k: 0 if batched(v) else None for k, v in call.kwargs.items()}
-        axes = self._batch_axes(module, call, arg_dims, kwarg_dims)
+        dims = batch_dims(call.args, call.kwargs, call.batch_size)
+        axes = self._batch_axes(module, call, dims)
         if isinstance(module, LOOPED_MODULES):
-            return _looped_per_sample_grads(module, call, grads, params, (arg_dims, kwarg_dims), axes)
+            return _looped_per_sample_grads(module, call, grads, params, dims, axes)
 
         def one_sample(args: tuple, kwargs: dict[str, Any], columns: tuple[Tensor, ...]) -> dict[str, Tensor]:
-            args = tuple(a.unsqueeze(0) if d == 0 else a for a, d in zip(args, arg_dims))
-            kwargs = {k: v.unsqueeze(0) if kwarg_dims[k] == 0 else v for k, v in kwargs.items()}
+            args, kwargs = add_batch_axis(args, kwargs, dims)
 
             def forward(p: dict[str, Tensor]) -> tuple[Tensor, ...]:
                 return _output_tensors(functional_call(module, p, args, kwargs))
@@ -74,19 +68,16 @@ class TorchFuncRule(LayerRule):
             cotangents = tuple(c.unsqueeze(axis + 1) for c, axis in zip(columns, axes))
             return vmap(pullback)(cotangents)[0]
 
-        in_dims = (arg_dims, kwarg_dims, tuple(axis + 1 for axis in axes))
+        in_dims = (*dims, tuple(axis + 1 for axis in axes))
         per_sample = vmap(one_sample, in_dims=in_dims)(call.args, call.kwargs, grads)
         return {name: torch.movedim(g, 0, 1) for name, g in per_sample.items()}
 
     @staticmethod
-    def _batch_axes(
-        module: nn.Module, call: LayerCall, arg_dims: tuple[int | None, ...], kwarg_dims: dict[str, int | None]
-    ) -> tuple[int, ...]:
+    def _batch_axes(module: nn.Module, call: LayerCall, dims: Dims) -> tuple[int, ...]:
         """The batch axis of each output tensor: where the full call has B and a one-sample call 1."""
         if call.batch_size == 1:
             return tuple(0 for _ in call.output_shapes)
-        args = tuple(a[:1] if d == 0 else a for a, d in zip(call.args, arg_dims))
-        kwargs = {k: v[:1] if kwarg_dims[k] == 0 else v for k, v in call.kwargs.items()}
+        args, kwargs = take_rows(call.args, call.kwargs, dims, slice(0, 1))
         with torch.no_grad():
             single = _output_tensors(module(*args, **kwargs))
         axes = []
@@ -112,16 +103,14 @@ def _looped_per_sample_grads(
     call: LayerCall,
     grads: tuple[Tensor, ...],
     params: dict[str, Tensor],
-    dims: tuple[tuple[int | None, ...], dict[str, int | None]],
+    dims: Dims,
     axes: tuple[int, ...],
 ) -> dict[str, Tensor]:
     """``{name: (K, B, *shape)}`` by one ``torch.func.vjp`` per sample and one pullback per column."""
-    arg_dims, kwarg_dims = dims
     columns = grads[0].shape[0]
     rows: dict[str, list[Tensor]] = {name: [] for name in params}
     for n in range(call.batch_size):
-        args = tuple(a[n : n + 1] if d == 0 else a for a, d in zip(call.args, arg_dims))
-        kwargs = {k: v[n : n + 1] if kwarg_dims[k] == 0 else v for k, v in call.kwargs.items()}
+        args, kwargs = take_rows(call.args, call.kwargs, dims, slice(n, n + 1))
 
         def forward(p: dict[str, Tensor], args: tuple = args, kwargs: dict[str, Any] = kwargs) -> tuple[Tensor, ...]:
             return _output_tensors(functional_call(module, p, args, kwargs))
