@@ -57,6 +57,11 @@ def test_tied_weights_on_every_engine_equal_the_per_sample_loop():
     assert fk.plan.build_plan(model).tied == ["0.weight"]
     for engine in ("auto", "layerwise", "vmap"):
         _check_against_oracle(model, *_data(), engine=engine)
+    x, y = _data()
+    want = brute_force_diagonal(model, x, "categorical", "empirical", y)
+    kfac = fk.kfac_fisher(model, (x, y), fisher_type="empirical")  # tied modules: exact diagonal blocks
+    assert type(next(b for b in kfac.blocks if b.names == ("0.weight",))).__name__ == "DiagonalBlock"
+    torch.testing.assert_close(kfac.diagonal()[0], want[0], **TOL)
 
 
 class _TiedEmbeddingLM(nn.Module):

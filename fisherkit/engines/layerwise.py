@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from fisherkit.capture import Capture
 from fisherkit.engines.base import ColumnsFn, Engine, ModelCall, PerSampleConsumer
-from fisherkit.engines.tied import TiedUse, embedding_head_sqgrad, summed_per_sample_grads
+from fisherkit.engines.tied import TiedUse, accumulate_tied_sqgrad, summed_per_sample_grads
 from fisherkit.errors import UnsupportedModelError
 from fisherkit.plan import Plan, PlanEntry
 from fisherkit.rules import TorchFuncRule
@@ -245,11 +245,7 @@ class _SquaredGradients(LayerVisitor):
         accumulate_entry_sqgrad(entry, calls, grads, out)
 
     def tied_uses(self, name: str, uses: list[TiedUse]) -> None:
-        if not embedding_head_sqgrad(uses, self.sums[name]):
-            super().tied_uses(name, uses)
-
-    def tied(self, name: str, grads: Tensor) -> None:
-        self.sums[name].add_(grads.to(self.sums[name].dtype).square().sum((0, 1)))
+        accumulate_tied_sqgrad(uses, self.sums[name])
 
 
 class _SquaredNorms(LayerVisitor):

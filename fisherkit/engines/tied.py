@@ -49,6 +49,13 @@ def summed_per_sample_grads(uses: list[TiedUse]) -> Tensor:
     return total
 
 
+def accumulate_tied_sqgrad(uses: list[TiedUse], out: Tensor) -> None:
+    """Adds Σ_{k,n} (Σ_uses per-sample gradient)² into ``out``: by ``embedding_head_sqgrad`` where it
+    applies, else from the summed per-sample gradients."""
+    if not embedding_head_sqgrad(uses, out):
+        out.add_(summed_per_sample_grads(uses).to(out.dtype).square().sum((0, 1)))
+
+
 def embedding_head_sqgrad(uses: list[TiedUse], out: Tensor) -> bool:
     """Adds Σ_{k,n} (E_n + H_n)² into ``out`` for an embedding tied to a Linear output layer (one call
     each, see the module docstring); returns False, adding nothing, for any other pattern."""

@@ -25,6 +25,7 @@ from fisherkit.curvature import Curvature, DiagonalBlock, EigenKroneckerBlock, K
 from fisherkit.curvature.block import Block
 from fisherkit.curvature.kronecker_layout import KroneckerLayout
 from fisherkit.engines.layerwise import LayerVisitor, accumulate_entry_sqgrad, entry_per_sample_grads
+from fisherkit.engines.tied import TiedUse, accumulate_tied_sqgrad
 from fisherkit.estimators.common import Estimation, check_count, check_finite, run_estimator
 from fisherkit.estimators.distributed import all_reduce_sums
 from fisherkit.likelihoods import Likelihood
@@ -143,9 +144,8 @@ class _FactorVisitor(LayerVisitor):
             tokens = next(entry.rule.kronecker_inputs(entry.module, call)) if factors.diagonal_input else None
             factors.add_grads(entry.rule.kronecker_grads(entry.module, call, grad), tokens)
 
-    def tied(self, name: str, grads: Tensor) -> None:
-        total = self.diagonal_sums[name]
-        total.add_(grads.to(total.dtype).square().sum((0, 1)))
+    def tied_uses(self, name: str, uses: list[TiedUse]) -> None:
+        accumulate_tied_sqgrad(uses, self.diagonal_sums[name])
 
 
 class _ScalingVisitor(LayerVisitor):
@@ -155,8 +155,8 @@ class _ScalingVisitor(LayerVisitor):
         self.blocks = blocks
         self.sums = sums
 
-    def tied(self, name: str, grads: Tensor) -> None:
-        """Tied parameters have diagonal blocks, complete after the first pass."""
+    def tied_uses(self, name: str, uses: list[TiedUse]) -> None:
+        """Tied parameters have diagonal blocks, complete after the first pass: nothing to form."""
 
     def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
         block = self.blocks.get(id(entry.module))
