@@ -36,6 +36,12 @@ def unfold_patches(module: nn.modules.conv._ConvNd, x: Tensor) -> Tensor:
     return x.reshape(batch, module.groups, (channels // module.groups) * math.prod(module.kernel_size), -1)
 
 
+def channel_bias_grads(grad_output: Tensor, channels: int) -> Tensor:
+    """Per-sample bias gradients of a convolution: ``(K, B, C, *S) → (K, B, C)``, summed over locations."""
+    columns, batch = grad_output.shape[:2]
+    return grad_output.reshape(columns, batch, channels, -1).sum(-1)
+
+
 def sample_chunks(batch: int, bytes_per_sample: int, budget: int = UNFOLD_BYTES) -> Iterator[slice]:
     """Slices of the batch whose unfolded patches stay within ``budget`` bytes."""
     chunk = max(1, budget // max(1, bytes_per_sample))
@@ -79,7 +85,7 @@ class ConvRule(LayerRule):
             ]
             grads["weight"] = torch.cat(parts, 1).reshape(columns, batch, *module.weight.shape)
         if requested(names, module, "bias"):
-            grads["bias"] = grad_output.reshape(columns, batch, module.out_channels, -1).sum(-1)
+            grads["bias"] = channel_bias_grads(grad_output, module.out_channels)
         return grads
 
     def accumulate_sqgrad(
@@ -94,8 +100,7 @@ class ConvRule(LayerRule):
                     bias_out = bias[group] if bias is not None else None
                     sqgrad_accumulate(weight[group], g[:, :, group], u[:, group], bias_out=bias_out)
         elif "bias" in out:
-            columns, batch = grad_output.shape[:2]
-            bias_grads = grad_output.reshape(columns, batch, module.out_channels, -1).sum(-1)
+            bias_grads = channel_bias_grads(grad_output, module.out_channels)
             out["bias"].add_(bias_grads.to(out["bias"].dtype).square().sum((0, 1)))
 
     def accumulate_sqnorm(
@@ -110,6 +115,4 @@ class ConvRule(LayerRule):
                     persample_sqnorm(part, g[:, :, group], u[:, group], bias=bias)
                 start += u.shape[0]
         elif bias:
-            columns, batch = grad_output.shape[:2]
-            bias_grads = grad_output.reshape(columns, batch, module.out_channels, -1).sum(-1)
-            out.add_(bias_grads.to(out.dtype).square().sum(-1))
+            out.add_(channel_bias_grads(grad_output, module.out_channels).to(out.dtype).square().sum(-1))

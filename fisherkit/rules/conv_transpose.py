@@ -19,7 +19,7 @@ from torch.nn import functional
 
 from fisherkit.ops import sqgrad_accumulate
 from fisherkit.rules.base import LayerCall, LayerRule, requested
-from fisherkit.rules.conv import UNFOLD_BYTES, sample_chunks
+from fisherkit.rules.conv import UNFOLD_BYTES, channel_bias_grads, sample_chunks
 from fisherkit.rules.registry import register_rule
 
 
@@ -59,10 +59,6 @@ class ConvTransposeRule(LayerRule):
         for part in sample_chunks(batch, per_sample * grad_output.shape[0], UNFOLD_BYTES):
             yield inputs[part], unfold_output_grads(module, grad_output[:, part])
 
-    def _bias_grads(self, module: nn.Module, grad_output: Tensor) -> Tensor:
-        columns, batch = grad_output.shape[:2]
-        return grad_output.reshape(columns, batch, module.out_channels, -1).sum(-1)
-
     def per_sample_grads(
         self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
     ) -> dict[str, Tensor]:
@@ -74,7 +70,7 @@ class ConvTransposeRule(LayerRule):
             ]
             grads["weight"] = torch.cat(parts, 1).reshape(columns, batch, *module.weight.shape)
         if requested(names, module, "bias"):
-            grads["bias"] = self._bias_grads(module, grad_output)
+            grads["bias"] = channel_bias_grads(grad_output, module.out_channels)
         return grads
 
     def accumulate_sqgrad(
@@ -89,4 +85,6 @@ class ConvTransposeRule(LayerRule):
                     sqgrad_accumulate(transposed[group], g[:, :, group], x[:, group])
             weight.add_(transposed.transpose(1, 2))
         if "bias" in out:
-            out["bias"].add_(self._bias_grads(module, grad_output).to(out["bias"].dtype).square().sum((0, 1)))
+            out["bias"].add_(
+                channel_bias_grads(grad_output, module.out_channels).to(out["bias"].dtype).square().sum((0, 1))
+            )
