@@ -93,18 +93,22 @@ class Plan:
             )
 
 
-def build_plan(model: nn.Module, fallback: bool | None = False) -> Plan:
-    """Finds a rule for every module that owns trainable parameters.
+def _dropout_rate(module: nn.Module) -> float:
+    """The rate of a dropout module, or the largest ``*dropout*`` rate attribute of a module that
+    applies dropout functionally (Hugging Face attention modules); 0 when it has none."""
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return float(module.p)
+    rates = [v for k, v in vars(module).items() if "dropout" in k.lower() and isinstance(v, float)]
+    return max(rates, default=0.0)
 
-    Args:
-        model: The model.
-        fallback: Serve modules without a registered rule by ``TorchFuncRule``: ``None`` (with a
-            warning, given by the estimators) or ``True``; ``False`` leaves them unsupported. Modules
-            matched by behaviour (``ElementwiseScaleRule``) follow the same choice when their check fails.
+
+def check_deterministic_eval(model: nn.Module) -> None:
+    """Raises ``ValueError`` naming the modules when the model is not one fixed function of each
+    sample: BatchNorm on batch statistics couples samples, dropout in train mode randomizes the network.
 
     Raises:
-        ValueError: A module's own ``check`` refuses its configuration, or a module couples
-            samples (train-mode BatchNorm).
+        ValueError: Train-mode BatchNorm (or without running statistics), or a module in train
+            mode with a positive dropout rate.
     """
     coupling = [
         path or "<root>"
@@ -117,6 +121,30 @@ def build_plan(model: nn.Module, fallback: bool | None = False) -> Plan:
             f"which couples samples: per-sample gradients and the Fisher are undefined. Call "
             f"model.eval() before estimating the Fisher."
         )
+    random = [
+        path or "<root>" for path, module in model.named_modules() if module.training and _dropout_rate(module) > 0
+    ]
+    if random:
+        raise ValueError(
+            f"module(s) {random} apply dropout in train mode: the Fisher would be that of a randomly thinned "
+            f"network, different at every batch. Call model.eval() before estimating the Fisher."
+        )
+
+
+def build_plan(model: nn.Module, fallback: bool | None = False) -> Plan:
+    """Finds a rule for every module that owns trainable parameters.
+
+    Args:
+        model: The model.
+        fallback: Serve modules without a registered rule by ``TorchFuncRule``: ``None`` (with a
+            warning, given by the estimators) or ``True``; ``False`` leaves them unsupported. Modules
+            matched by behaviour (``ElementwiseScaleRule``) follow the same choice when their check fails.
+
+    Raises:
+        ValueError: A module's own ``check`` refuses its configuration, or the model is not a
+            fixed per-sample function (``check_deterministic_eval``).
+    """
+    check_deterministic_eval(model)
     canonical = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
     entries = []
     for path, module in model.named_modules():

@@ -17,7 +17,7 @@ TOLERANCES = {
 
 
 def log_likelihood(
-    name: str, output: Tensor, target: Tensor, variance: float = 1.0, ignore_index: int = -100
+    name: str, output: Tensor, target: Tensor, variance: float | Tensor = 1.0, ignore_index: int = -100
 ) -> Tensor:
     """log p(y | f) summed over one sample's outputs, via torch.nn.functional."""
     if name == "categorical":
@@ -25,7 +25,7 @@ def log_likelihood(
             output.reshape(-1, output.shape[-1]), target.reshape(-1), reduction="sum", ignore_index=ignore_index
         )
     if name == "gaussian":
-        return -0.5 * ((output - target) ** 2).sum() / variance
+        return -0.5 * ((output - target) ** 2 / variance).sum()
     if name == "bernoulli":
         return -functional.binary_cross_entropy_with_logits(output, target, reduction="sum")
     raise ValueError(name)
@@ -153,7 +153,7 @@ def brute_force_dense(
     return total / inputs.shape[0]
 
 
-def dense_ggn(model: nn.Module, inputs: Tensor, likelihood: str, variance: float = 1.0) -> Tensor:
+def dense_ggn(model: nn.Module, inputs: Tensor, likelihood: str, variance: float | Tensor = 1.0) -> Tensor:
     """(1/N) Σ_n J_nᵀ H_n J_n as a dense ``(P, P)`` matrix with torch.func: J_n = ∂f_n/∂θ by
     ``jacrev``, H_n = ∂²[−log p(y | f_n)]/∂f² by ``hessian`` (the output Fisher for these
     canonical-link likelihoods; independent of y)."""

@@ -98,9 +98,8 @@ def test_a_parameter_used_outside_its_module_is_refused_by_name():
 
 
 def test_inputs_and_model_on_different_devices():
-    model = _mlp().to(torch.device("meta"))
-    with pytest.raises(ValueError, match="is on cpu but the model's parameters are on meta"):
-        fk.diagonal_fisher(model, torch.randn(5, 4))
+    with pytest.raises(ValueError, match="is on meta but the model's parameters are on cpu"):
+        fk.diagonal_fisher(_mlp(), torch.randn(5, 4, device="meta"))
 
 
 def test_frozen_parameters_are_left_out_and_reported():
@@ -152,3 +151,39 @@ def test_hooks_are_removed_when_the_forward_raises():
     with pytest.raises(RuntimeError):
         fk.diagonal_fisher(model, torch.randn(5, 7))
     assert all(not m._forward_hooks for m in model.modules())
+
+
+class _FunctionalDropout(nn.Module):
+    """Dropout the way Hugging Face attention applies it: a rate attribute and F.dropout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.attention_dropout = 0.1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(self.linear(x), self.attention_dropout, self.training)
+
+
+@pytest.mark.parametrize(
+    "model, named",
+    [
+        (nn.Sequential(nn.Linear(4, 5), nn.Dropout(0.5), nn.Linear(5, 3)), r"\['1'\]"),
+        (_FunctionalDropout(), r"\['<root>'\]"),
+    ],
+    ids=["dropout-module", "functional-dropout"],
+)
+def test_dropout_in_train_mode_is_refused_naming_the_module(model, named):
+    data = (torch.randn(6, 4), torch.randint(0, 3, (6,)))
+    for estimate in (fk.diagonal_fisher, fk.kfac_fisher):
+        with pytest.raises(ValueError, match=named + r".*dropout in train mode.*model.eval\(\)"):
+            estimate(model.train(), data)
+    model.eval()  # the same model in eval mode is a fixed function: estimated as usual
+    assert float(fk.diagonal_fisher(model, data).trace()) > 0
+
+
+def test_a_model_on_the_meta_device_is_refused():
+    with torch.device("meta"):
+        model = _mlp()
+    with pytest.raises(ValueError, match=r"meta device.*to_empty"):
+        fk.diagonal_fisher(model, torch.randn(6, 4))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
-from oracles import TOLERANCES, log_likelihood
+from oracles import TOLERANCES, dense_ggn, log_likelihood
 from torch.func import hessian
 
 import fisherkit as fk
@@ -16,6 +17,8 @@ CASES = [
     ("categorical", fk.Categorical(), (3, 2, 4)),
     ("gaussian", fk.Gaussian(variance=0.7), (4, 3)),
     ("gaussian", fk.Gaussian(variance=0.7), (4,)),
+    ("gaussian", fk.Gaussian(variance=torch.tensor([0.5, 2.0, 4.0], dtype=torch.float64)), (4, 3)),
+    ("gaussian", fk.Gaussian(variance=torch.tensor([[0.5], [3.0]], dtype=torch.float64)), (4, 2, 3)),
     ("bernoulli", fk.Bernoulli(), (4, 3)),
 ]
 
@@ -35,7 +38,8 @@ def test_grad_nll_matches_autograd_and_log_prob_matches_torch(name, lik, shape):
     torch.testing.assert_close(lik.grad_nll(output, target), expected, **TOLERANCES[torch.float64])
     per_sample = torch.stack([log_likelihood(name, output[n], target[n], variance) for n in range(shape[0])])
     if name == "gaussian":  # fisherkit's log_prob keeps the normalizing constant
-        per_sample = per_sample - 0.5 * math.log(2 * math.pi * variance) * output[0].numel()
+        constant = torch.log(2 * math.pi * torch.as_tensor(variance, dtype=torch.float64)).expand(output[0].shape)
+        per_sample = per_sample - 0.5 * constant.sum()
     torch.testing.assert_close(lik.log_prob(output, target), per_sample.detach(), **TOLERANCES[torch.float64])
 
 
@@ -49,6 +53,39 @@ def test_sqrt_columns_reproduce_the_output_hessian(name, lik, shape):
         dummy = lik.sample(output[n : n + 1], None)[0]
         h = hessian(lambda o, d=dummy: -log_likelihood(name, o, d, variance))(output[n])
         torch.testing.assert_close(s.T @ s, h.reshape(s.shape[1], s.shape[1]), **TOLERANCES[torch.float64])
+
+
+def test_per_output_gaussian_variances_give_the_ggn_and_draw_with_those_variances():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+    x = torch.randn(7, 3, dtype=torch.float64)
+    variance = torch.tensor([0.25, 1.0, 9.0], dtype=torch.float64)
+    expected = dense_ggn(copy.deepcopy(model), x, "gaussian", variance)  # J^T diag(1/σ²) J by torch.func
+    for structure in ("full", "diagonal"):
+        estimate = fk.fisher(model, x, structure, likelihood=fk.Gaussian(variance), fisher_type="exact")
+        dense = estimate.to_dense()
+        torch.testing.assert_close(dense, expected if structure == "full" else torch.diag(expected.diagonal()))
+    draws = fk.Gaussian(variance).sample(torch.zeros(40000, 3), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(draws.var(0).double(), variance, rtol=0.03, atol=0)
+
+
+@pytest.mark.parametrize(
+    "variance, words",
+    [
+        (torch.tensor([1.0, -1.0]), "positive variance"),
+        (torch.tensor([1, 2]), "positive variance"),
+        (True, "positive variance"),
+        (float("inf"), "positive variance"),
+    ],
+)
+def test_bad_gaussian_variances_are_refused(variance, words):
+    with pytest.raises(ValueError, match=words):
+        fk.Gaussian(variance)
+
+
+def test_per_output_variances_that_do_not_fit_the_outputs_are_refused():
+    with pytest.raises(ValueError, match=r"do not broadcast to one sample's outputs \(3,\).*without the batch axis"):
+        fk.diagonal_fisher(torch.nn.Linear(2, 3), torch.randn(4, 2), likelihood=fk.Gaussian(torch.ones(4, 3)))
 
 
 def test_categorical_sampling_follows_softmax():

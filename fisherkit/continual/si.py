@@ -10,35 +10,25 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from fisherkit.continual.regularizer import Regularizer, check_state_names, cloned
-
-
-class _PenaltyTap(torch.autograd.Function):
-    """Identity on the penalty that records d(loss)/d(penalty), so SI can remove exactly its own
-    penalty's gradient from ``.grad`` whatever the loss did with it (scaled it, or left it out)."""
-
-    @staticmethod
-    def forward(ctx: Any, penalty: Tensor, owner: SynapticIntelligence) -> Tensor:
-        ctx.owner = owner
-        return penalty.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        ctx.owner._penalty_weight += float(grad)
-        return grad, None
+from fisherkit.continual.task_gradient import PenaltyTap, TaskGradient
 
 
 class SynapticIntelligence(Regularizer):
     """Penalty c · Σ_k Ω_k (θ_k − θ̃_k)², with Ω accumulated over tasks from the path integral of the loss.
 
-    During a task, at every optimizer step, ω_k += −g_k · Δθ_k on the parameters' device, where g
-    is the gradient of the loss **without SI's own penalty** (SI subtracts exactly its penalty's
-    gradient from ``.grad``, however the loss weighted it) and Δθ the step the optimizer took. At
-    ``end_task``: Ω_k += ω_k / (Δ_k² + ξ) with Δ_k the parameter's total change over the task, and
-    θ̃ ← θ. Other terms in the loss (an EWC penalty, say) are part of g.
+    During a task, at every optimizer step, ω_k += −g_k · Δθ_k on the parameters' device, where Δθ
+    is the step the optimizer took and g the gradient of the loss **without SI's own penalty**, as
+    the backward passes since the last ``zero_grad`` produced it (``TaskGradient``): unscaled
+    under a ``GradScaler`` given to ``begin_task``, before gradient clipping, summed over
+    accumulated micro-batches, with exactly the penalty's gradient removed however the loss
+    weighted it. Steps a ``GradScaler`` skips count for nothing. At ``end_task``:
+    Ω_k += ω_k / (Δ_k² + ξ) with Δ_k the parameter's total change over the task, and θ̃ ← θ.
+    Other terms in the loss (an EWC penalty, say) are part of g.
 
-    Use: ``si.begin_task(optimizer)`` attaches step hooks (any optimizer; the training loop is
-    unchanged apart from adding ``si.penalty()`` to the loss), ``si.end_task()`` consolidates and
-    detaches them. To resume inside a task after ``load_state_dict``, call ``si.attach(optimizer)``.
+    Use: ``si.begin_task(optimizer, scaler=None)`` attaches step and gradient hooks (any
+    ``torch.optim`` optimizer, any param groups; the training loop is unchanged apart from adding
+    ``si.penalty()`` to the loss), ``si.end_task()`` consolidates and detaches them. To resume
+    inside a task after ``load_state_dict``, call ``si.attach(optimizer, scaler)``.
 
     Args:
         model: The model being trained.
@@ -60,31 +50,38 @@ class SynapticIntelligence(Regularizer):
         self.steps = 0
         self._handles: list[RemovableHandle] = []
         self._before: dict[str, Tensor] = {}
-        self._task_grads: dict[str, Tensor] = {}
-        self._penalty_weight = 0.0
+        self.task_gradient = TaskGradient(params, self._penalty_gradient)
 
     # -- the task protocol ---------------------------------------------------------------------
-    def begin_task(self, optimizer: torch.optim.Optimizer) -> None:
-        """Starts a task: ω ← 0, remembers θ at its start, attaches to ``optimizer``."""
+    def begin_task(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
+        """Starts a task: ω ← 0, remembers θ at its start, attaches to ``optimizer`` (and to the
+        ``GradScaler`` that scales the loss, when mixed precision trains it)."""
         params = self.parameters_now(self.names)
         self.task_start = {n: p.detach().clone() for n, p in params.items()}
         for value in self.omega.values():
             value.zero_()
         self.steps = 0
-        self.attach(optimizer)
+        self.attach(optimizer, scaler)
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Hooks ``optimizer``'s steps (without resetting the task's statistics)."""
+    def attach(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
+        """Hooks ``optimizer``'s steps and the parameters' backward passes (without resetting the
+        task's statistics)."""
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            kind = type(optimizer).__name__
+            raise TypeError(f"SynapticIntelligence attaches to a torch.optim.Optimizer; got {kind}.")
         self.detach()
+        self.task_gradient.attach(scaler)
         self._handles = [
             optimizer.register_step_pre_hook(lambda *_: self._before_step()),
             optimizer.register_step_post_hook(lambda *_: self._after_step()),
         ]
 
     def detach(self) -> None:
+        """Removes every hook (``end_task`` does this)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self.task_gradient.detach()
 
     def end_task(self, data: Any = None) -> None:
         """Turns the task's ω into importance and moves the anchor to the current parameters.
@@ -107,27 +104,25 @@ class SynapticIntelligence(Regularizer):
         self.detach()
 
     # -- the hooks -----------------------------------------------------------------------------
+    def _penalty_gradient(self, name: str, parameter: Tensor) -> Tensor | None:
+        """∂ penalty / ∂θ at the parameter's current value: 2 c Ω (θ − θ̃)."""
+        if name not in self.importance:
+            return None
+        return 2 * self.strength * self.importance[name] * (parameter.detach() - self.anchor[name]).float()
+
     def _before_step(self) -> None:
         params = self.parameters_now(self.names)
-        weight, self._penalty_weight = self._penalty_weight, 0.0
-        with torch.no_grad():
-            self._before = {n: p.detach().clone() for n, p in params.items() if p.grad is not None}
-            self._task_grads = {}
-            for name in self._before:
-                grad = params[name].grad.float()
-                if weight and name in self.importance:
-                    grad = grad - weight * 2 * self.strength * self.importance[name] * (
-                        params[name] - self.anchor[name]
-                    )
-                self._task_grads[name] = grad
+        self._before = {n: p.detach().clone() for n, p in params.items() if p.grad is not None}
 
     def _after_step(self) -> None:
         params = self.parameters_now(self.names)
+        grads = self.task_gradient.sums
         with torch.no_grad():
             for name, before in self._before.items():
-                self.omega[name].add_(-self._task_grads[name] * (params[name] - before).float())
+                if name in grads:
+                    self.omega[name].add_(-grads[name] * (params[name] - before).float())
         self.steps += 1
-        self._before, self._task_grads = {}, {}
+        self._before = {}
 
     # -- the penalty ---------------------------------------------------------------------------
     def penalty_terms(self) -> dict[str, Tensor]:
@@ -135,7 +130,7 @@ class SynapticIntelligence(Regularizer):
 
     def penalty(self) -> Tensor:
         """c · Σ Ω (θ − θ̃)²; backpropagating it is recorded so that ω excludes its gradient."""
-        return _PenaltyTap.apply(super().penalty(), self) if self.importance else super().penalty()
+        return PenaltyTap.apply(super().penalty(), self.task_gradient) if self.importance else super().penalty()
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -25,6 +25,12 @@ def prepare_plan(model: nn.Module, fallback: bool | None) -> Plan:
     plan = build_plan(model, fallback=fallback)
     if not plan.names:
         raise ValueError("the model has no parameters with requires_grad=True; there is nothing to estimate.")
+    meta = [n for n, p in model.named_parameters() if n in plan.names and p.is_meta]
+    if meta:
+        raise ValueError(
+            f"parameters {meta[:5]}{' …' if len(meta) > 5 else ''} are on the meta device and hold no values: "
+            "materialize the model first (model.to_empty(device=...) and load its weights)."
+        )
     if plan.frozen:
         warnings.warn(
             f"parameters with requires_grad=False are left out of the Fisher: {plan.frozen}",
