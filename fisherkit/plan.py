@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -131,7 +132,7 @@ def check_deterministic_eval(model: nn.Module) -> None:
         )
 
 
-def build_plan(model: nn.Module, fallback: bool | None = False) -> Plan:
+def build_plan(model: nn.Module, fallback: bool | None = False, only: Sequence[str] | None = None) -> Plan:
     """Finds a rule for every module that owns trainable parameters.
 
     Args:
@@ -139,16 +140,26 @@ def build_plan(model: nn.Module, fallback: bool | None = False) -> Plan:
         fallback: Serve modules without a registered rule by ``TorchFuncRule``: ``None`` (with a
             warning, given by the estimators) or ``True``; ``False`` leaves them unsupported. Modules
             matched by behaviour (``ElementwiseScaleRule``) follow the same choice when their check fails.
+        only: Names of the trainable parameters to plan for (a subnetwork); None: all of them.
 
     Raises:
-        ValueError: A module's own ``check`` refuses its configuration, or the model is not a
-            fixed per-sample function (``check_deterministic_eval``).
+        ValueError: A module's own ``check`` refuses its configuration, the model is not a fixed
+            per-sample function (``check_deterministic_eval``), or ``only`` names a parameter the
+            model does not train.
     """
     check_deterministic_eval(model)
     canonical = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    if only is not None:
+        unknown = sorted(set(only) - set(canonical.values()))
+        if unknown:
+            raise ValueError(
+                f"parameters {unknown} are not trainable parameters of the model; choose among "
+                f"model.named_parameters() with requires_grad=True."
+            )
+        canonical = {key: n for key, n in canonical.items() if n in only}
     entries = []
     for path, module in model.named_modules():
-        local = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        local = [n for n, p in module.named_parameters(recurse=False) if id(p) in canonical]
         if not local:
             continue
         rule = find_rule(module)
@@ -175,7 +186,7 @@ def build_plan(model: nn.Module, fallback: bool | None = False) -> Plan:
             tied.append(canonical[key])
             for entry in sharing:
                 entry.tied_names += [n for n in entry.local_names if id(entry.module.get_parameter(n)) == key]
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    names = list(canonical.values())
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     return Plan([e for e in entries if e.local_names], names, frozen, tied)
 

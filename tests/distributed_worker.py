@@ -19,9 +19,9 @@ ESTIMATORS = (fk.diagonal_fisher, fk.kfac_fisher, fk.ekfac_fisher, fk.block_fish
 def ngd_statistics(model: nn.Module, x: torch.Tensor) -> fk.Curvature:
     """The KFAC statistics an NGD preconditioner gathers from one batch (all-reduced across ranks)."""
     preconditioner = fk.NGDPreconditioner(model, structure="kfac", fisher_type="exact")
-    model(x)
+    model(x).sum().backward()
     preconditioner.update_statistics()
-    preconditioner.remove()
+    preconditioner.close()
     return preconditioner.fisher
 
 

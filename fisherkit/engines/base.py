@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,12 @@ from fisherkit.batch_axis import Dims, batch_dims, take_rows
 
 ColumnsFn = Callable[[Tensor], Tensor]
 PerSampleConsumer = Callable[[dict[str, Tensor]], None]
+_ESTIMATING: ContextVar[bool] = ContextVar("fisherkit_estimating", default=False)
+
+
+def inside_estimation() -> bool:
+    """True while this thread runs a model call of a fisherkit estimator (not a training forward)."""
+    return _ESTIMATING.get()
 
 
 @dataclass
@@ -39,8 +46,12 @@ class ModelCall:
         hooks that capture layer inputs (and would give a Fisher of zeros); eager execution computes
         the same function, so the Fisher equals the eager model's.
         """
-        with torch.compiler.set_stance("force_eager"):
-            return self.select(model(*self.args, **self.kwargs))
+        token = _ESTIMATING.set(True)
+        try:
+            with torch.compiler.set_stance("force_eager"):
+                return self.select(model(*self.args, **self.kwargs))
+        finally:
+            _ESTIMATING.reset(token)
 
     def in_dims(self) -> Dims:
         """``torch.func.vmap`` dimensions of the inputs: 0 for batched tensors, None otherwise."""

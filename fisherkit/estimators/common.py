@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +19,11 @@ from fisherkit.estimators.options import EstimationOptions
 from fisherkit.plan import Plan, build_plan
 
 
-def prepare_plan(model: nn.Module, fallback: bool | None) -> Plan:
-    """Builds the plan; reports frozen parameters (left out of the Fisher) and modules served by the
-    slow per-layer fallback (``fallback=None``), each in one warning."""
-    plan = build_plan(model, fallback=fallback)
+def prepare_plan(model: nn.Module, fallback: bool | None, only: Sequence[str] | None = None) -> Plan:
+    """Builds the plan (for the parameters ``only``, or all trainable ones); reports frozen
+    parameters (left out of the Fisher) and modules served by the slow per-layer fallback
+    (``fallback=None``), each in one warning."""
+    plan = build_plan(model, fallback=fallback, only=only)
     if not plan.names:
         raise ValueError("the model has no parameters with requires_grad=True; there is nothing to estimate.")
     meta = [n for n, p in model.named_parameters() if n in plan.names and p.is_meta]
@@ -94,7 +95,7 @@ class Estimation:
     @classmethod
     def start(cls, model: nn.Module, options: EstimationOptions) -> Estimation:
         """Builds the plan and the generator for ``model`` under ``options``."""
-        plan = prepare_plan(model, options.fallback)
+        plan = prepare_plan(model, options.fallback, options.parameters)
         device = dict(model.named_parameters())[plan.names[0]].device
         generator = make_generator(device, options.seed, options.generator)
         return cls(model, options, plan, device, generator, BatchReader(options, model))

@@ -64,6 +64,9 @@ class EstimationOptions:
             unshifted). ``None``: true exactly for Hugging Face causal-LM classes.
         mask_key: The dict entry marking real positions (1) and padding (0) of sequence outputs;
             padding never contributes, with or without labels.
+        parameters: Names (as ``model.named_parameters()`` gives them) of the parameters to
+            estimate the Fisher of — a subnetwork, e.g. the last layer; ``None`` (default): every
+            trainable parameter. Modules none of whose parameters are chosen need no rule.
     """
 
     likelihood: str | Likelihood = "categorical"
@@ -81,6 +84,7 @@ class EstimationOptions:
     output: OutputSelector = None
     causal: bool | None = None
     mask_key: str = "attention_mask"
+    parameters: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         if self.fisher_type not in FISHER_TYPES:
@@ -100,6 +104,12 @@ class EstimationOptions:
             raise TypeError(
                 f"inputs must be a non-empty sequence of indices or keys, e.g. ('input_ids',); got {self.inputs!r}."
             )
+        if self.parameters is not None:
+            if isinstance(self.parameters, str) or not all(isinstance(n, str) for n in self.parameters):
+                raise TypeError(
+                    f"parameters must be a sequence of parameter names, e.g. ['head.weight']; got {self.parameters!r}."
+                )
+            object.__setattr__(self, "parameters", tuple(self.parameters))
         object.__setattr__(self, "likelihood", get_likelihood(self.likelihood))
 
     @classmethod

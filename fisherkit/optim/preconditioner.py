@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -14,18 +14,32 @@ from torch import Tensor, nn
 
 from fisherkit.curvature import Block, Curvature
 from fisherkit.errors import NonFiniteFisherError
-from fisherkit.estimators import fisher, get_structure
+from fisherkit.estimators import EstimationOptions, fisher, get_structure
 from fisherkit.estimators.common import prepare_plan
 from fisherkit.estimators.distributed import is_distributed
 from fisherkit.likelihoods import Likelihood
 from fisherkit.optim.damping import LevenbergMarquardt
+from fisherkit.optim.recorder import BackpropagatedForwards
 
 Schedule = float | Callable[[int], float]
+LAYERWISE_STRUCTURES = ("kfac", "ekfac", "diagonal")
+"""Structures served by the layerwise engine alone (every parameter needs a layer rule)."""
 
 
 def value_at(schedule: Schedule, step: int) -> float:
     """A hyperparameter that may be a number or a function of the step."""
     return float(schedule(step)) if callable(schedule) else float(schedule)
+
+
+def check_damping(damping: Any) -> None:
+    """Raises ``ValueError`` unless ``damping`` is a number ≥ 0, a function of the step or
+    ``LevenbergMarquardt``."""
+    if callable(damping):
+        return
+    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not 0 <= damping < math.inf:
+        raise ValueError(
+            f"damping must be a number >= 0, a function of the step or LevenbergMarquardt(...); got {damping!r}."
+        )
 
 
 def check_ema_decay(decay: float) -> float:
@@ -38,15 +52,22 @@ def check_ema_decay(decay: float) -> float:
 class NGDPreconditioner:
     """Rewrites gradients to (F + λI)⁻¹ ∇ with a Fisher F estimated from the training batches.
 
-    It records the inputs of every forward of ``model`` (a forward pre-hook), and on statistics
-    steps estimates the Fisher of the last batch itself — for the true Fisher it samples labels
-    from the model's own predictions and runs the extra backward, so the training loop is just
+    It records the inputs of the forwards of ``model`` that a backward pass reached since the
+    last step (``BackpropagatedForwards``: accumulated micro-batches all count; ``no_grad``
+    evaluation and logging forwards never do), and on statistics steps estimates the Fisher of
+    those batches itself — for the true Fisher it samples labels from the model's own predictions
+    and runs the extra backward, so the training loop is just
     ``loss.backward(); preconditioner.precondition()`` (or the ``NGD`` optimizer). Statistics are
     averaged, F ← β F + (1 − β) F_batch (``ema_`` of the representation); inverses are recomputed
-    every ``inverse_every`` steps.
+    every ``inverse_every`` steps. The estimates run with the model in eval mode.
+
+    Parameters it cannot precondition keep their plain gradient and are listed once, in a
+    warning and in ``passed_through`` (name → reason): BatchNorm parameters (they train on batch
+    statistics, which no per-sample Fisher describes) and, with ``fallback=False``, parameters of
+    modules without a layer rule.
 
     Args:
-        model: The model; its trainable parameters are preconditioned.
+        model: The model; its trainable parameters (or ``parameters``) are preconditioned.
         structure: A registered Fisher structure (``fisherkit.STRUCTURES``: ``"diagonal"``,
             ``"kfac"``, ``"ekfac"``, ``"block"``, ``"full"``).
         fisher_type: ``"mc"`` (true Fisher, default), ``"exact"`` or ``"empirical"`` (needs
@@ -62,6 +83,7 @@ class NGDPreconditioner:
         mc_samples: Label draws per sample for ``"mc"``.
         seed: Seeds the label draws.
         fallback: As in the estimators (``None``: modules without a rule use the fallback, with a warning).
+        parameters: Names of the parameters to precondition; None: every trainable parameter.
     """
 
     def __init__(
@@ -78,86 +100,134 @@ class NGDPreconditioner:
         mc_samples: int = 1,
         seed: int | None = None,
         fallback: bool | None = None,
+        parameters: Sequence[str] | None = None,
     ) -> None:
         get_structure(structure)
+        EstimationOptions(likelihood=likelihood, fisher_type=fisher_type, mc_samples=mc_samples, fallback=fallback)
         check_ema_decay(value_at(ema_decay, 0))
-        if stats_every < 1 or inverse_every < 1:
-            raise ValueError("stats_every and inverse_every must be positive integers.")
-        plan = prepare_plan(model, fallback)
-        if structure in ("kfac", "ekfac", "diagonal"):
-            plan.require_layerwise()
+        check_damping(damping)
+        for name, value in (("stats_every", stats_every), ("inverse_every", inverse_every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
         self.model = model
-        self.names = list(plan.names)
         self.structure, self.fisher_type, self.likelihood = structure, fisher_type, likelihood
         self.damping, self.ema_decay, self.pi_damping = damping, ema_decay, pi_damping
         self.stats_every, self.inverse_every = stats_every, inverse_every
+        self.fallback = fallback
         self.options = {"mc_samples": mc_samples, "fallback": fallback, "progress": False}
         device = next(model.parameters()).device
         self.generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+        self.parameter_damping: dict[str, Schedule] = {}
+        self.recorder = BackpropagatedForwards(model)
+        self.select(parameters)
+
+    def select(self, parameters: Sequence[str] | None = None) -> None:
+        """Chooses the parameters to precondition (None: every trainable one) and starts the
+        statistics afresh; warns once about those passed through with their plain gradient."""
+        trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        wanted = trainable if parameters is None else list(parameters)
+        batch_norm = {
+            f"{path}.{n}" if path else n
+            for path, module in self.model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            for n, _ in module.named_parameters(recurse=False)
+        }
+        passed = {n: "BatchNorm trains on batch statistics" for n in wanted if n in batch_norm}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            plan = prepare_plan(self.model, self.fallback, [n for n in wanted if n not in passed])
+        finally:
+            self.model.train(was_training)
+        if self.structure in LAYERWISE_STRUCTURES:
+            for entry in plan.unsupported:
+                for local in entry.local_names:
+                    passed[entry.canonical.get(local, f"{entry.path}.{local}" if entry.path else local)] = (
+                        f"no layer rule for {type(entry.module).__name__} (fallback=False)"
+                    )
+        self.names = [n for n in plan.names if n not in passed]
+        if not self.names:
+            raise ValueError(
+                f"NGD has no parameter it can precondition: {passed}. Use fallback=None (the default) for modules "
+                "without a layer rule."
+            )
+        self.passed_through = passed
+        if passed:
+            warnings.warn(
+                "NGD passes these parameters through with their plain gradient (not preconditioned): "
+                + ", ".join(f"{n} ({why})" for n, why in passed.items()),
+                UserWarning,
+                stacklevel=3,
+            )
         self.steps = 0
         self.skipped: list[str] = []
         self.fisher: Curvature | None = None
         self.inverse: Curvature | None = None
-        self._inputs: Any = None
-        self._estimating = False
-        self._hook = model.register_forward_pre_hook(self._record_inputs, with_kwargs=True)
 
-    def _record_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self._estimating:  # the estimator's own forward passes are not training batches
-            return
-        if args and kwargs:
-            raise TypeError(
-                "NGD records a model called with positional inputs (model(x), model(*xs)) or with keyword "
-                "inputs (model(**batch)), not both."
-            )
-        if kwargs:
-            self._inputs = {k: v.detach() if isinstance(v, Tensor) else v for k, v in kwargs.items()}
+    def close(self) -> None:
+        """Removes the recording hooks from the model (the optimizer does this when it is collected)."""
+        self.recorder.close()
+
+    def _statistics_batches(self, inputs: list[Any], targets: Tensor | Sequence[Tensor] | None) -> list[Any]:
+        """The recorded forwards as batches the estimators read: keyword inputs as dict batches
+        (their ``labels`` are the target unless ``targets`` are given), positional ones as tuples;
+        ``targets`` is one tensor per recorded forward (or one tensor for one forward)."""
+        if targets is None:
+            per_forward: list[Tensor | None] = [None] * len(inputs)
         else:
-            inputs = [a.detach() for a in args]
-            self._inputs = inputs[0] if len(inputs) == 1 else inputs
-
-    def remove(self) -> None:
-        """Detaches the input hook from the model."""
-        self._hook.remove()
-
-    def _recorded_batch(self, targets: Tensor | None) -> Any:
-        """The last training batch in a form the estimators read: keyword inputs as a dict batch
-        (its ``labels`` are the target unless ``targets`` is given), positional ones as a tuple."""
-        if isinstance(self._inputs, dict):
-            return self._inputs if targets is None else {**self._inputs, "labels": targets}
-        return (self._inputs, targets)
+            per_forward = [targets] if isinstance(targets, Tensor) else list(targets)
+            if len(per_forward) != len(inputs):
+                raise ValueError(
+                    f"step(targets=...) got {len(per_forward)} target tensor(s) for {len(inputs)} backpropagated "
+                    "forward(s) since the last step; pass one target tensor per forward (a list under gradient "
+                    "accumulation)."
+                )
+        batches = []
+        for forward, target in zip(inputs, per_forward):
+            if isinstance(forward, dict):
+                batches.append(forward if target is None else {**forward, "labels": target})
+            else:
+                batches.append((forward, target))
+        return batches
 
     @property
     def parameters(self) -> dict[str, nn.Parameter]:
         named = dict(self.model.named_parameters())
         return {n: named[n] for n in self.names}
 
-    def update_statistics(self, targets: Tensor | None = None) -> bool:
-        """Estimates the Fisher on the last recorded batch and folds it into the average.
+    def update_statistics(
+        self, targets: Tensor | Sequence[Tensor] | None = None, inputs: list[Any] | None = None
+    ) -> bool:
+        """Estimates the Fisher on recorded forwards (``inputs``; default: those backpropagated
+        since the last step) and folds it into the average.
 
         Returns:
             False (with a warning, statistics unchanged) when the estimate was not finite.
         """
-        if self._inputs is None:
-            raise ValueError("no forward pass was recorded: run the model on a batch before stepping.")
-        labelled = isinstance(self._inputs, dict) and "labels" in self._inputs
+        inputs = self.recorder.backpropagated() if inputs is None else inputs
+        if not inputs:
+            raise ValueError(
+                "no backpropagated forward pass was recorded since the last step: run the model on a batch "
+                "and call backward() before stepping."
+            )
+        labelled = all(isinstance(f, dict) and "labels" in f for f in inputs)
         if self.fisher_type == "empirical" and targets is None and not labelled:
             raise ValueError(
                 "fisher_type='empirical' needs the batch's labels: pass targets=y to step() (or call the model "
                 "with a labels= keyword, as Hugging Face models take them)."
             )
+        batches = self._statistics_batches(inputs, targets)
         was_training = self.model.training
         self.model.eval()
-        self._estimating = True
         try:
-            batch = [self._recorded_batch(targets)]
             estimate = fisher(
                 self.model,
-                batch,
+                batches,
                 self.structure,
                 self.likelihood,
                 self.fisher_type,
                 generator=self.generator,
+                parameters=self.names,
                 **self.options,
             )
         except NonFiniteFisherError as error:
@@ -165,7 +235,6 @@ class NGDPreconditioner:
             warnings.warn(f"NGD skipped a statistics update: {error}", RuntimeWarning, stacklevel=3)
             return False
         finally:
-            self._estimating = False
             self.model.train(was_training)
         if self.fisher is None:
             self.fisher = estimate
@@ -173,20 +242,44 @@ class NGDPreconditioner:
             self.fisher.ema_(estimate, check_ema_decay(value_at(self.ema_decay, self.steps)))
         return True
 
-    def precondition(self, targets: Tensor | None = None) -> dict[str, Tensor] | None:
-        """Replaces every ``.grad`` by (F + λI)⁻¹ ``.grad`` and returns the preconditioned gradients
-        (None and gradients untouched when the step is skipped: non-finite statistics before any
-        estimate, or a non-finite preconditioned gradient)."""
+    def block_dampings(self, step: int) -> list[float]:
+        """λ of each Fisher block at ``step``: the damping of its parameters (``parameter_damping``,
+        set per param group by ``NGD``; ``damping`` otherwise).
+
+        Raises:
+            ValueError: A block's parameters were given different dampings.
+        """
+        assert self.fisher is not None
+        dampings = []
+        for block in self.fisher.blocks:
+            values = {n: value_at(self.parameter_damping.get(n, self.damping), step) for n in block.names}
+            if len(set(values.values())) > 1:
+                raise ValueError(
+                    f"the parameters of Fisher block {block.label!r} have different dampings {values}; they are "
+                    "inverted together: put them in param groups with one damping."
+                )
+            dampings.append(next(iter(values.values())))
+        return dampings
+
+    def precondition(self, targets: Tensor | Sequence[Tensor] | None = None) -> dict[str, Tensor] | None:
+        """Replaces every ``.grad`` of the preconditioned parameters by (F + λI)⁻¹ ``.grad`` and
+        returns the preconditioned gradients (None and gradients untouched when the step is skipped:
+        no gradient at all, non-finite statistics before any estimate, or a non-finite
+        preconditioned gradient). Parameters without ``.grad`` keep none."""
+        params = self.parameters
+        if all(p.grad is None for p in params.values()):
+            self.recorder.clear()
+            return None
         step = self.steps
         if step % self.stats_every == 0 or self.fisher is None:
             self.update_statistics(targets)
+        self.recorder.clear()
         self.steps += 1
         if self.fisher is None:
             return None
         if self.inverse is None or step % self.inverse_every == 0:
             device = next(self.model.parameters()).device
-            self.inverse = distributed_inverse(self.fisher, value_at(self.damping, step), self.pi_damping, device)
-        params = self.parameters
+            self.inverse = distributed_inverse(self.fisher, self.block_dampings(step), self.pi_damping, device)
         grads = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in params.items()}
         natural = dict(zip(self.names, self.inverse.mv([grads[n] for n in self.names])))
         if not all(bool(torch.isfinite(g).all()) for g in natural.values()):
@@ -195,11 +288,14 @@ class NGDPreconditioner:
             warnings.warn(message, RuntimeWarning, stacklevel=3)
             return None
         for name, parameter in params.items():
-            parameter.grad = natural[name].to(parameter.dtype)
+            if parameter.grad is not None:
+                parameter.grad = natural[name].to(parameter.dtype)
         return natural
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "structure": self.structure,
+            "fisher_type": self.fisher_type,
             "steps": self.steps,
             "names": list(self.names),
             "shapes": [list(p.shape) for p in self.parameters.values()],
@@ -211,6 +307,13 @@ class NGDPreconditioner:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        saved = (state.get("structure"), state.get("fisher_type"))
+        if saved != (self.structure, self.fisher_type):
+            raise ValueError(
+                f"NGD state of structure {saved[0]!r} and fisher_type {saved[1]!r} cannot be loaded into NGD with "
+                f"structure {self.structure!r} and fisher_type {self.fisher_type!r}: build the optimizer with the "
+                "settings the state was saved with."
+            )
         shapes = [list(p.shape) for p in self.parameters.values()]
         if (list(state["names"]), [list(s) for s in state["shapes"]]) != (self.names, shapes):
             raise ValueError(
@@ -231,24 +334,29 @@ class NGDPreconditioner:
             self.damping.value = float(state["damping"])
 
 
-def distributed_inverse(fisher: Curvature, damping: float, pi_damping: bool, device: torch.device) -> Curvature:
-    """(F + λI)⁻¹ blockwise; under ``torch.distributed`` rank r inverts the blocks i ≡ r (mod world
-    size) and broadcasts them, so the eigendecompositions are spread over the ranks."""
+def distributed_inverse(
+    fisher: Curvature, damping: float | Sequence[float], pi_damping: bool, device: torch.device
+) -> Curvature:
+    """(F + λI)⁻¹ blockwise (``damping``: one λ, or one per block); under ``torch.distributed``
+    rank r inverts the blocks i ≡ r (mod world size) and broadcasts them, so the
+    eigendecompositions are spread over the ranks."""
+    dampings = [float(damping)] * len(fisher.blocks) if isinstance(damping, (int, float)) else list(damping)
     if not is_distributed():
-        return fisher.inverse(damping, pi_damping)
+        return fisher._with_blocks([b.inverse(d, pi_damping) for b, d in zip(fisher.blocks, dampings)])
     world, rank = dist.get_world_size(), dist.get_rank()
     blocks = []
-    for index, block in enumerate(fisher.blocks):
+    for index, (block, block_damping) in enumerate(zip(fisher.blocks, dampings)):
         owner = index % world
-        payload = [block.inverse(damping, pi_damping).state() if owner == rank else None]
+        payload = [block.inverse(block_damping, pi_damping).state() if owner == rank else None]
         dist.broadcast_object_list(payload, src=owner)
         blocks.append(Block.from_state(payload[0]).map(lambda t: t.to(device)))
     return fisher._with_blocks(blocks)
 
 
-def kl_clip_factor(natural: dict[str, Tensor], grads: dict[str, Tensor], lr: float, kl_clip: float) -> float:
-    """ν = min(1, √(κ / (η² Σ ĝᵀ g))): scales the step so its predicted KL change stays below κ."""
-    quadratic = sum(float((natural[n] * grads[n]).sum()) for n in natural)
+def kl_clip_factor(steps: Sequence[tuple[float, Tensor, Tensor]], kl_clip: float) -> float:
+    """ν = min(1, √(κ / Σ η² ĝᵀ g)) over (η, ĝ, g) per parameter (its group's learning rate, the
+    preconditioned and the raw gradient): scales the step so its predicted KL change stays below κ."""
+    quadratic = sum(lr**2 * float((natural * raw).sum()) for lr, natural, raw in steps)
     if quadratic <= 0:
         return 1.0
-    return min(1.0, math.sqrt(kl_clip / (lr**2 * quadratic)))
+    return min(1.0, math.sqrt(kl_clip / quadratic))
