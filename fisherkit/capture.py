@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Iterable
 from types import TracebackType
 from typing import Any
@@ -19,7 +20,8 @@ def _detached(value: Any) -> Any:
 
 
 class Capture:
-    """Records each call of the given modules while active; all hooks go away on exit.
+    """Records each call of the given modules made by the thread that entered it, while active; all
+    hooks go away on exit (another thread may run the same model meanwhile).
 
     Usage::
 
@@ -50,6 +52,7 @@ class Capture:
         self.several_outputs = {id(m) for m in several_outputs}
         self.calls: dict[nn.Module, list[LayerCall]] = {m: [] for m in self.modules}
         self._handles: list[RemovableHandle] = []
+        self._thread = threading.get_ident()
 
     def __enter__(self) -> Capture:
         try:
@@ -71,6 +74,8 @@ class Capture:
         self._handles.clear()
 
     def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Tensor | None:
+        if threading.get_ident() != self._thread:  # another thread's forward of the same model
+            return None
         if not isinstance(output, Tensor):
             if id(module) not in self.several_outputs:
                 raise TypeError(

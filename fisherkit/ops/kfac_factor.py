@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fisherkit.ops.aliasing import refuse_aliasing
 from fisherkit.ops.dispatch import choose_backend
 
 
@@ -26,7 +27,7 @@ def kfac_factor_update(
         factor: ``(D, D)`` or, with ``append_ones``, ``(D+1, D+1)`` symmetric float32/float64 matrix.
         inputs: ``(N, D)`` rows X (any float dtype; products are formed in ``factor.dtype``).
         alpha: Weight of the new statistics (e.g. 1/N for a mean, 1 − β for an EMA).
-        beta: Decay of the old factor.
+        beta: Decay of the old factor; 0 discards it whatever it holds (NaN included).
         append_ones: Treat X as having an extra column of ones (a bias folded into the factor).
         backend: ``"reference"``, ``"cpp"``, ``"triton"`` or ``None`` (see ``fisherkit.ops.dispatch``);
             Triton computes lower-triangle tiles of float32 factors in a kernel.
@@ -35,7 +36,10 @@ def kfac_factor_update(
         ``factor``, exactly symmetric.
     """
     _check(factor, inputs, append_ones)
+    refuse_aliasing("kfac_factor_update", {"factor": factor}, {"inputs": inputs})
     chosen = choose_backend(backend, factor, inputs)
+    if beta == 0:  # the old factor is discarded, NaN or Inf in it included (0 · NaN would keep them)
+        factor.zero_()
     if chosen == "cpp":
         torch.ops.fisherkit.kfac_factor_update_(factor, inputs, float(alpha), float(beta), bool(append_ones))
     elif chosen == "triton" and factor.dtype == torch.float32 and factor.stride(1) == 1:

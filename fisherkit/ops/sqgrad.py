@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fisherkit.ops.aliasing import refuse_aliasing
 from fisherkit.ops.dispatch import choose_backend
 
 SCRATCH_BYTES = 2 * 2**20  # per-sample tiles formed at once (8 MB was no faster end to end, and used more memory)
@@ -50,7 +51,12 @@ def sqgrad_accumulate(
         ``out``. Products are formed in ``out.dtype`` (never squared in half precision).
     """
     _check(out, grad_output, inputs, bias_out)
+    refuse_aliasing(
+        "sqgrad_accumulate", {"out": out, "bias_out": bias_out}, {"grad_output": grad_output, "inputs": inputs}
+    )
     chosen = choose_backend(backend, out, grad_output, inputs)
+    if grad_output.numel() == 0 or inputs.numel() == 0:  # no samples, columns or positions: nothing to add
+        return out
     if chosen == "cpp":
         torch.ops.fisherkit.sqgrad_accumulate_(out, bias_out, grad_output, inputs, float(scale))
     elif chosen == "triton" and out.dtype == torch.float32 and grad_output.shape[2] > 1:

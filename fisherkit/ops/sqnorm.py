@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fisherkit.ops.aliasing import refuse_aliasing
 from fisherkit.ops.dispatch import choose_backend
 from fisherkit.ops.sqgrad import SCRATCH_BYTES, check_layer_operands, tile_scratch
 
@@ -50,8 +51,11 @@ def persample_sqnorm(
         raise ValueError(
             f"persample_sqnorm: out must have shape (K, N) = ({columns}, {samples}); got {tuple(out.shape)}"
         )
+    refuse_aliasing("persample_sqnorm", {"out": out}, {"grad_output": grad_output, "inputs": inputs})
     gram = gram_is_cheaper(positions, out_features, inputs.shape[2])
     chosen = choose_backend(backend, out, grad_output, inputs)
+    if grad_output.numel() == 0 or inputs.numel() == 0:  # no samples, columns or positions: nothing to add
+        return out
     if chosen == "cpp":
         torch.ops.fisherkit.persample_sqnorm_(out, grad_output, inputs, float(scale), bool(bias), gram)
     elif chosen == "triton" and out.dtype == torch.float32 and positions > 1:
