@@ -24,6 +24,15 @@ def main(argv: list[str] | None = None) -> None:
     types.add_argument("--seed", type=int, default=0)
     commands.add_parser("env", help="report torch, CUDA, Triton and compiled-extension status")
     args = parser.parse_args(argv)
+    from fisherkit.continual.idx import IdxFileError
+
+    try:
+        _run(args)
+    except (ImportError, FileNotFoundError, IdxFileError) as error:  # a missing extra, missing or malformed data
+        raise SystemExit(f"fisherkit {args.command}: {error}") from error
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.command == "demo":
         from fisherkit.continual.demo import run_demo
 

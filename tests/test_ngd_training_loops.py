@@ -238,3 +238,21 @@ def test_the_default_settings_train_a_small_bert_without_diverging():
         losses.append(float(loss))
     assert all(loss < 1.5 for loss in losses)  # never diverges (chance is ln 2 ≈ 0.69)
     assert sum(losses[-10:]) / 10 < 0.3  # and learns the task
+
+
+@pytest.mark.parametrize(
+    "options, error, words",
+    [
+        ({"damping": -1.0}, ValueError, "damping must be a number >= 0"),
+        ({"stats_every": 0}, ValueError, "stats_every must be a positive integer"),
+        ({"inverse_every": 1.5}, ValueError, "inverse_every must be a positive integer"),
+        ({"kl_clip": 0.0}, ValueError, "kl_clip must be positive"),
+        ({"fisher_type": "hessian"}, ValueError, "unknown fisher_type 'hessian'"),
+        ({"mc_samples": True}, ValueError, "mc_samples must be a positive integer"),
+        ({"structure": "lowrank"}, ValueError, "unknown"),
+        ({"momentum": -0.5}, ValueError, "momentum >= 0"),
+    ],
+)
+def test_bad_settings_are_refused_at_construction(options, error, words):
+    with pytest.raises(error, match=words):
+        fk.NGD(_mlp(), **options)

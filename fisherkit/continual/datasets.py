@@ -3,13 +3,14 @@ Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package, and any directory
 
 from __future__ import annotations
 
-import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from fisherkit.continual.idx import MAX_IDX_BYTES, IdxFileError, read_idx
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {
@@ -52,28 +53,13 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> Dataset:
     try:
         from sklearn.datasets import load_digits as sklearn_digits
     except ImportError as error:
-        raise SystemExit("the digits data need scikit-learn: pip install 'fisherkit[data]'") from error
+        raise ImportError("the digits data need scikit-learn: pip install 'fisherkit[data]'") from error
     digits = sklearn_digits()
     x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
     y = torch.tensor(digits.target, dtype=torch.int64)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     test = int(len(x) * test_fraction)
     return Dataset("digits", x[order[test:]], y[order[test:]], x[order[:test]], y[order[:test]])
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    """An IDX array (``.gz`` or raw): magic (0, 0, dtype 0x08, ndim), big-endian sizes, uint8 data."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an IDX file of unsigned bytes (bad magic number {data[:4].hex()}).")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says shape {shape} but holds {array.size} values (truncated file?).")
-    return array.reshape(shape)
 
 
 def _find(directory: Path, stem: str) -> Path:
@@ -83,14 +69,27 @@ def _find(directory: Path, stem: str) -> Path:
     raise FileNotFoundError(stem)
 
 
-def load_idx_directory(directory: str | Path, name: str | None = None) -> Dataset:
+def load_idx_directory(directory: str | Path, name: str | None = None, max_bytes: int = MAX_IDX_BYTES) -> Dataset:
     """A directory holding the four MNIST-format files (``train-images-idx3-ubyte[.gz]``, …): MNIST,
     Fashion-MNIST, KMNIST.
 
+    Args:
+        directory: Where the files are.
+        name: For reports (default: the directory's name).
+        max_bytes: The most data bytes one file may declare (see ``fisherkit.continual.idx``).
+
     Raises:
-        FileNotFoundError: Files are missing; the message says where it looked and how to get them.
+        FileNotFoundError: The directory or files are missing (or a file was given for the
+            directory); the message says where it looked and how to get them.
+        IdxFileError: A file is malformed, or images and labels disagree; the message names the files.
     """
     directory = Path(directory)
+    if not directory.exists():
+        raise FileNotFoundError(f"no directory {directory}; pass the directory that holds the MNIST-format files.")
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"{directory} is a file, not a directory; pass the directory that holds the four MNIST-format files."
+        )
     try:
         paths = {key: _find(directory, stem) for key, stem in IDX_FILES.items()}
     except FileNotFoundError as missing:
@@ -103,7 +102,22 @@ def load_idx_directory(directory: str | Path, name: str | None = None) -> Datase
             f"no {missing.args[0]}[.gz] in {directory} (it needs {', '.join(IDX_FILES.values())}, each "
             f"optionally .gz); {hint}."
         ) from None
-    arrays = {key: _read_idx(path) for key, path in paths.items()}
+    arrays = {key: read_idx(path, max_bytes) for key, path in paths.items()}
+    for split in ("train", "test"):
+        images, labels = paths[f"{split}_images"], paths[f"{split}_labels"]
+        image_array, label_array = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if image_array.ndim < 2 or label_array.ndim != 1:
+            raise IdxFileError(
+                f"{images} and {labels}: need images of shape (N, H, W) and labels of shape (N,); got "
+                f"{image_array.shape} and {label_array.shape}."
+            )
+        if len(image_array) != len(label_array):
+            raise IdxFileError(f"{images} holds {len(image_array)} images but {labels} {len(label_array)} labels.")
+    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+        raise IdxFileError(
+            f"{paths['train_images']} holds images of shape {arrays['train_images'].shape[1:]} but "
+            f"{paths['test_images']} of shape {arrays['test_images'].shape[1:]}."
+        )
 
     def images(key: str) -> Tensor:
         return torch.from_numpy(arrays[key].reshape(len(arrays[key]), -1).astype(np.float32) / 255.0)
