@@ -179,10 +179,12 @@ def step_cost(repeats: int, batch_sizes: tuple[int, ...] = (256, 1024)) -> str:
     optimizers: dict[str, Callable[[nn.Module], torch.optim.Optimizer]] = {
         "SGD": lambda m: torch.optim.SGD(m.parameters(), lr=1e-3),
         "Adam": lambda m: torch.optim.Adam(m.parameters(), lr=1e-4),
-        "diagonal NGD": lambda m: fk.NGD(m, lr=1e-4, structure="diagonal", damping=1e-1, seed=0),
-        "KFAC NGD (π-damped inverse)": lambda m: fk.NGD(m, lr=1e-4, damping=1e-1, seed=0),
-        "KFAC NGD (Tikhonov, eigenbasis)": lambda m: fk.NGD(m, lr=1e-4, damping=1e-1, pi_damping=False, seed=0),
-        "EKFAC NGD": lambda m: fk.NGD(m, lr=1e-4, structure="ekfac", damping=1e-1, seed=0),
+        "diagonal NGD": lambda m: fk.NGD(m, lr=1e-4, structure="diagonal", damping=1e-1, kl_clip=None, seed=0),
+        "KFAC NGD (π-damped inverse)": lambda m: fk.NGD(m, lr=1e-4, damping=1e-1, kl_clip=None, seed=0),
+        "KFAC NGD (Tikhonov, eigenbasis)": lambda m: fk.NGD(
+            m, lr=1e-4, damping=1e-1, pi_damping=False, kl_clip=None, seed=0
+        ),
+        "EKFAC NGD": lambda m: fk.NGD(m, lr=1e-4, structure="ekfac", damping=1e-1, kl_clip=None, seed=0),
     }
     header = "| optimizer | " + " | ".join(f"ms per step (batch {b}) | × SGD step" for b in batch_sizes) + " |"
     rows = {name: [] for name in optimizers}

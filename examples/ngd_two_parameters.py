@@ -40,7 +40,7 @@ def run(optimizer_name: str, lr: float, steps: int) -> tuple[list[tuple[float, f
     else:
         optimizer = fk.NGD(
             model, lr=lr, structure="block", fisher_type="exact", likelihood="gaussian", damping=1e-8,
-            ema_decay=0.0, stats_every=1, inverse_every=1,
+            ema_decay=0.0, stats_every=1, inverse_every=1, kl_clip=None,
         )  # fmt: skip
     path, losses = [], []
     for _ in range(steps + 1):

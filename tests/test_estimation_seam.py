@@ -1,6 +1,8 @@
 """One estimation seam: ``fk.fisher`` and its structure registry, the options type, and consumers
 that take a Fisher or a structure name through it."""
 
+import copy
+
 import pytest
 import torch
 from oracles import brute_force_diagonal
@@ -109,3 +111,38 @@ def test_mas_takes_the_shared_options_and_checks_them_at_construction():
     chunked.end_task(x)
     for name in whole.importance:
         torch.testing.assert_close(whole.importance[name], chunked.importance[name])
+
+
+class _NoRule(nn.Module):
+    """A parameterized module without a layer rule, before the chosen subnetwork."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.full((4,), 0.1, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.shift
+
+
+def test_the_parameters_option_estimates_a_subnetwork_and_needs_no_rule_elsewhere():
+    _, x, _ = _model_and_data()
+    torch.manual_seed(0)
+    model = nn.Sequential(_NoRule(), nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    chosen = ["3.weight", "3.bias"]
+    oracle = brute_force_diagonal(copy.deepcopy(model), x, "categorical", "exact")
+    names = [n for n, _ in model.named_parameters()]
+    for estimate in (fk.diagonal_fisher, fk.block_fisher):
+        fisher = estimate(model, x, fisher_type="exact", parameters=chosen, fallback=False)
+        assert fisher.names == tuple(chosen)
+        for name, diagonal in zip(chosen, fisher.diagonal()):
+            torch.testing.assert_close(diagonal, oracle[names.index(name)])
+    kfac = fk.kfac_fisher(model, x, fisher_type="exact", parameters=chosen, fallback=False)
+    frozen = copy.deepcopy(model)
+    for name, parameter in frozen.named_parameters():
+        parameter.requires_grad_(name in chosen)
+    with pytest.warns(UserWarning, match="left out of the Fisher"):  # the same subnetwork, by freezing
+        torch.testing.assert_close(kfac.to_dense(), fk.kfac_fisher(frozen, x, fisher_type="exact").to_dense())
+    with pytest.raises(ValueError, match=r"parameters \['3.wieght'\] are not trainable parameters.*named_parameters"):
+        fk.diagonal_fisher(model, x, parameters=["3.wieght"])
+    with pytest.raises(TypeError, match=r"parameters must be a sequence of parameter names"):
+        fk.diagonal_fisher(model, x, parameters="3.weight")
