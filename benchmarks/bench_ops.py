@@ -18,7 +18,8 @@ import argparse
 import torch
 from measure import interleaved_median_seconds, peak_tensor_bytes
 
-from fisherkit.ops import extension_status, kfac_factor_update, persample_sqnorm, sqgrad_accumulate
+from fisherkit.ops import extension_status, implementations, kfac_factor_update, persample_sqnorm, sqgrad_accumulate
+from fisherkit.ops.dispatch import backend_unavailable
 
 LAYER_SHAPES = {  # (K, N, T, O, I): mlp- and seq-sized layers
     "mlp 784→512, T=1": (1, 256, 1, 512, 784),
@@ -28,9 +29,10 @@ LAYER_SHAPES = {  # (K, N, T, O, I): mlp- and seq-sized layers
 KFAC_SHAPES = {"D=785 (mlp input + bias), N=256": (256, 784), "D=2049, N=1024": (1024, 2048)}
 
 
-def _backends() -> list[str]:
-    """The CPU backends (Triton on CPU is only its interpreter, a correctness tool)."""
-    return ["reference"] + (["cpp"] if extension_status().available else [])
+def _backends(op: str) -> list[str]:
+    """The CPU backends with an implementation of ``op`` (Triton on CPU is only its interpreter, a
+    correctness tool)."""
+    return [b for b in ("reference", "cpp") if b in implementations(op) and backend_unavailable(b) is None]
 
 
 def bench_layer_ops(repeats: int) -> list[str]:
@@ -40,16 +42,16 @@ def bench_layer_ops(repeats: int) -> list[str]:
         g, a = torch.randn(k, n, t, o), torch.randn(n, t, i)
         g_flat, a_flat = g.reshape(-1, o), a.expand(k, n, t, i).reshape(-1, i)
         ops = {
-            "sqgrad": (torch.zeros(o, i), sqgrad_accumulate),
-            "sqnorm": (torch.zeros(k, n), persample_sqnorm),
+            "sqgrad": (torch.zeros(o, i), sqgrad_accumulate, "sqgrad_accumulate"),
+            "sqnorm": (torch.zeros(k, n), persample_sqnorm, "persample_sqnorm"),
         }
-        for op, (out, function) in ops.items():
+        for op, (out, function, name) in ops.items():
             runs = {"matmul Gᵀ A": lambda g_flat=g_flat, a_flat=a_flat: g_flat.T @ a_flat}
             if op == "sqnorm":
                 runs["per-sample einsum, then norms"] = lambda g=g, a=a: (
                     torch.einsum("knto,nti->knoi", g, a).square().sum((-2, -1))
                 )
-            for backend in _backends():
+            for backend in _backends(name):
                 runs[backend] = lambda b=backend, g=g, a=a, out=out, f=function: f(out, g, a, backend=b)
             seconds = interleaved_median_seconds(runs, repeats)
             flops = 2 * k * n * t * o * i
@@ -69,7 +71,7 @@ def bench_kfac(repeats: int) -> list[str]:
         factor = torch.eye(d + 1)
         full = torch.eye(d)
         runs = {"addmm full square": lambda x=x, full=full: full.addmm_(x.T, x, beta=0.95, alpha=0.05)}
-        for backend in _backends():
+        for backend in _backends("kfac_factor_update"):
             runs[backend] = lambda b=backend, x=x, f=factor: kfac_factor_update(f, x, 0.05, 0.95, True, backend=b)
         seconds = interleaved_median_seconds(runs, repeats)
         flops = d * d * n

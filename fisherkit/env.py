@@ -17,7 +17,7 @@ def _triton_status() -> str:
         import triton
     except Exception as error:  # a broken install must not break the report
         return f"installed but failed to import: {error}"
-    from fisherkit.ops.triton_backend import triton_status
+    from fisherkit.ops.triton import triton_status
 
     status = triton_status()
     return f"{triton.__version__}; kernels {'available' if status.available else 'unavailable'}: {status.reason}"

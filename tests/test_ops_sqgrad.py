@@ -12,9 +12,9 @@ import sys
 
 import pytest
 import torch
-from backends import BACKENDS
+from backends import BACKENDS, run_on
 
-from fisherkit.ops import choose_backend, extension_status, sqgrad_accumulate
+from fisherkit.ops import extension_status, implementation, sqgrad_accumulate
 
 SHAPES = [(1, 1, 1, 1, 1), (1, 7, 1, 123, 5), (3, 5, 2, 9, 11), (2, 4, 5, 7, 3), (1, 3, 64, 17, 33), (4, 123, 1, 7, 2)]
 
@@ -39,7 +39,8 @@ def test_matches_float64_oracle(backend, dtype, shape):
     start = torch.rand(o, i, generator=gen, dtype=dtype)
     bias_start = torch.rand(o, generator=gen, dtype=dtype)
     out, bias_out = start.clone(), bias_start.clone()
-    sqgrad_accumulate(out, g, a, scale=0.75, bias_out=bias_out, backend=backend)
+    if not run_on("sqgrad_accumulate", backend, sqgrad_accumulate, out, g, a, 0.75, bias_out, positions=t):
+        return
     tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
     torch.testing.assert_close(out.double(), start.double() + _oracle(g, a, 0.75), **tol)
     torch.testing.assert_close(bias_out.double(), bias_start.double() + _bias_oracle(g, 0.75), **tol)
@@ -55,7 +56,8 @@ def test_half_inputs_accumulate_in_float32(backend):
     a = torch.randn(6, 4, 3, generator=gen).half()
     start = torch.rand(5, 3, generator=gen)
     out = start.clone()
-    sqgrad_accumulate(out, g, a, backend=backend)
+    if not run_on("sqgrad_accumulate", backend, sqgrad_accumulate, out, g, a, positions=4):
+        return
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), start.double() + _oracle(g.float(), a.float(), 1.0), rtol=1e-4, atol=1e-4)
 
@@ -66,8 +68,8 @@ def test_noncontiguous_inputs():
     a = torch.randn(6, 10, 3, generator=gen)[::2, ::2]
     for backend in BACKENDS:
         out = torch.zeros(8, 3)
-        sqgrad_accumulate(out, g, a, backend=backend)
-        torch.testing.assert_close(out.double(), _oracle(g, a, 1.0), rtol=1e-4, atol=1e-4)
+        if run_on("sqgrad_accumulate", backend, sqgrad_accumulate, out, g, a, positions=5):
+            torch.testing.assert_close(out.double(), _oracle(g, a, 1.0), rtol=1e-4, atol=1e-4)
 
 
 def test_shape_and_dtype_errors():
@@ -77,26 +79,37 @@ def test_shape_and_dtype_errors():
         sqgrad_accumulate(torch.zeros(2, 4), torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 3))
     with pytest.raises(ValueError, match=r"bias_out must have shape \(2,\)"):
         sqgrad_accumulate(torch.zeros(2, 3), torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 3), bias_out=torch.zeros(3))
-    with pytest.raises(ValueError, match="unknown backend"):
-        choose_backend("cuda-magic", torch.zeros(1))
+    with pytest.raises(ValueError, match="unknown backend 'cuda-magic'"):
+        sqgrad_accumulate(torch.zeros(2, 3), torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 3), backend="cuda-magic")
+
+
+SQNORM_CALL = (torch.zeros(1, 2), torch.zeros(1, 2, 3, 4), torch.zeros(2, 3, 5), 1.0, False, True)
 
 
 @pytest.mark.skipif(not extension_status().available, reason="fisherkit._C not built")
-def test_opcheck_and_auto_dispatch_uses_the_extension():
-    for bias_out in (torch.zeros(9), None):
-        for positions in (1, 7):
-            args = (torch.zeros(9, 11), bias_out, torch.randn(3, 5, positions, 9), torch.randn(5, positions, 11), 0.5)
-            torch.library.opcheck(torch.ops.fisherkit.sqgrad_accumulate_, args)
-    assert choose_backend(None, torch.zeros(1)) == "cpp"
+def test_auto_dispatch_picks_the_extension_on_cpu_where_it_has_a_kernel():
+    assert implementation("persample_sqnorm", *SQNORM_CALL).backend == "cpp"
+    sqgrad_call = (torch.zeros(4, 5), torch.zeros(1, 2, 3, 4), torch.zeros(2, 3, 5), 1.0, None)
+    assert implementation("sqgrad_accumulate", *sqgrad_call).backend == "reference"  # no C++ kernel: kept out
+    with pytest.raises(ValueError, match="sqgrad_accumulate has no cpp implementation"):
+        sqgrad_accumulate(*sqgrad_call, backend="cpp")
 
 
-def test_environment_override_and_missing_extension_fall_back(monkeypatch):
+def test_environment_preference_and_missing_extension_fall_back(monkeypatch):
     monkeypatch.setenv("FISHERKIT_BACKEND", "reference")
-    assert choose_backend(None, torch.zeros(1)) == "reference"
+    assert implementation("persample_sqnorm", *SQNORM_CALL).backend == "reference"
+    monkeypatch.setenv("FISHERKIT_BACKEND", "triton")  # a preference: float64 is served by what serves it
+    float64_call = (torch.zeros(1, 2, dtype=torch.float64), *SQNORM_CALL[1:])
+    assert implementation("persample_sqnorm", *float64_call).backend != "triton"
+    monkeypatch.setenv("FISHERKIT_BACKEND", "fast")
+    with pytest.raises(ValueError, match=r"unknown backend 'fast' in \$FISHERKIT_BACKEND"):
+        implementation("persample_sqnorm", *SQNORM_CALL)
+    monkeypatch.delenv("FISHERKIT_BACKEND")
     code = (
         "import fisherkit.ops as o, torch; s = o.extension_status(); "
         "assert not s.available and 'disabled' in s.reason; "
-        "assert o.choose_backend(None, torch.zeros(1)) == 'reference'"
+        "call = (torch.zeros(1, 2), torch.zeros(1, 2, 3, 4), torch.zeros(2, 3, 5), 1.0, False, True); "
+        "assert o.implementation('persample_sqnorm', *call).backend == 'reference'"
     )
     env = {**os.environ, "FISHERKIT_DISABLE_EXT": "1"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
@@ -121,4 +134,4 @@ def test_triton_kernel_is_deterministic_and_passes_opcheck():
     sqgrad_accumulate(second, g, a, backend="triton")
     assert torch.equal(first, second)
     torch.library.opcheck(torch.ops.fisherkit.sqgrad_accumulate_triton, (torch.zeros(40, 35), g, a, 0.5))
-    assert choose_backend(None, torch.zeros(1)) != "triton"  # CPU tensors never pick the interpreter
+    assert implementation("sqgrad_accumulate", first, g, a, 1.0, None).backend != "triton"  # CPU: never the interpreter

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backends import BACKENDS
+from backends import BACKENDS, run_on
 
-from fisherkit.ops import extension_status, persample_sqnorm, persample_sqnorm_reference
+from fisherkit.ops import extension_status, implementation, persample_sqnorm
 from fisherkit.ops.sqnorm import gram_is_cheaper
 
 # (K, N, T, O, I): T ∈ {1, 2, 5, 64}, sizes 1, 7, 123, tiles and Gram both chosen by the dispatch
@@ -31,15 +31,10 @@ def _operands(shape, dtype, seed=0):
 
 
 def _run_form(backend: str, out, g, a, scale: float, bias: bool, gram: bool) -> None:
-    """One backend with the form forced (the public function picks the cheaper one)."""
-    if backend == "cpp":
-        torch.ops.fisherkit.persample_sqnorm_(out, g, a, scale, bias, gram)
-    elif backend == "triton":
-        from fisherkit.ops.triton_backend import persample_sqnorm_triton
-
-        persample_sqnorm_triton(out, g, a, scale, bias, gram)
-    else:
-        persample_sqnorm_reference(out, g, a, scale, bias, gram)
+    """One backend's implementation with the form forced (the public function picks the cheaper one)."""
+    chosen = implementation("persample_sqnorm", out, g, a, scale, bias, gram, backend=backend)
+    assert chosen.backend == backend
+    chosen.run(out, g, a, scale, bias, gram)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -50,7 +45,8 @@ def test_matches_float64_oracle(backend, dtype, shape):
     tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
     for bias in (False, True):
         out = start.clone()
-        persample_sqnorm(out, g, a, scale=0.75, bias=bias, backend=backend)
+        if not run_on("persample_sqnorm", backend, persample_sqnorm, out, g, a, 0.75, bias, positions=shape[2]):
+            return
         torch.testing.assert_close(out.double(), start.double() + 0.75 * _oracle(g, a, bias), **tol)
 
 
@@ -75,13 +71,13 @@ def test_half_and_strided_inputs(backend):
     g = torch.randn(1, 6, 4, 5, generator=gen).half()
     a = torch.randn(6, 4, 3, generator=gen).half()
     out = torch.zeros(1, 6)
-    persample_sqnorm(out, g, a, backend=backend)
+    assert run_on("persample_sqnorm", backend, persample_sqnorm, out, g, a, positions=4)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), _oracle(g.float(), a.float(), False), rtol=1e-4, atol=1e-4)
     g = torch.randn(2, 8, 5, 6, generator=gen).permute(0, 3, 2, 1)[:, ::2]
     a = torch.randn(6, 10, 3, generator=gen)[::2, ::2]
     out = torch.zeros(2, 3)
-    persample_sqnorm(out, g, a, bias=True, backend=backend)
+    assert run_on("persample_sqnorm", backend, persample_sqnorm, out, g, a, bias=True, positions=5)
     torch.testing.assert_close(out.double(), _oracle(g, a, True), rtol=1e-4, atol=1e-4)
 
 

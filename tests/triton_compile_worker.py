@@ -16,26 +16,28 @@ import triton.backends.nvidia as nvidia_backend
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fisherkit.ops import triton_kernels as kernels
-from fisherkit.ops.triton_backend import GPU_CONFIG
+from fisherkit.ops.triton.common import GPU_CONFIG
+from fisherkit.ops.triton.kfac_factor_update import kfac_factor_update_kernel
+from fisherkit.ops.triton.persample_sqnorm import persample_sqnorm_gram_kernel, persample_sqnorm_tiles_kernel
+from fisherkit.ops.triton.sqgrad_accumulate import sqgrad_accumulate_kernel
 
 FLOAT32_POINTERS = {"partial_ptr", "factor_ptr"}
 INDEX_POINTERS = {"tile_rows_ptr", "tile_cols_ptr", "pair_first_ptr", "pair_second_ptr"}
 FLOAT_SCALARS = {"alpha", "beta"}
 CONFIG = GPU_CONFIG
 TILE_TILES = {"BLOCK_O": CONFIG.rows, "BLOCK_I": CONFIG.cols, "BLOCK_T": CONFIG.reduce}
-KERNELS = {  # each kernel with the tile sizes its launch in triton_backend passes on a GPU
-    kernels.sqgrad_tiles_kernel: TILE_TILES,
-    kernels.sqnorm_tiles_kernel: TILE_TILES,
-    kernels.sqnorm_gram_kernel: {"BLOCK_T": CONFIG.gram, "BLOCK_F": CONFIG.gram_features},
-    kernels.syrk_lower_kernel: {"BLOCK_D": CONFIG.cols, "BLOCK_N": CONFIG.reduce},
+KERNELS = {  # each kernel with the tile sizes its op's launch passes on a GPU
+    sqgrad_accumulate_kernel: TILE_TILES,
+    persample_sqnorm_tiles_kernel: TILE_TILES,
+    persample_sqnorm_gram_kernel: {"BLOCK_T": CONFIG.gram, "BLOCK_F": CONFIG.gram_features},
+    kfac_factor_update_kernel: {"BLOCK_D": CONFIG.cols, "BLOCK_N": CONFIG.reduce},
 }
 
 
 def signature(
     kernel: triton.JITFunction, tiles: dict[str, int], input_type: str, half: bool
 ) -> tuple[dict[str, str], dict[str, object]]:
-    """Argument types as the launches in ``triton_backend`` pass them, and the constexprs."""
+    """Argument types as the ops' launches pass them, and the constexprs."""
     types, constexprs = {}, {}
     for name in inspect.signature(kernel.fn).parameters:
         if name == "HALF_INPUTS" or name in tiles:

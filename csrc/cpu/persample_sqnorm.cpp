@@ -12,7 +12,7 @@
 namespace fisherkit {
 namespace {
 
-constexpr int64_t kScratchBytes = 2 << 20;  // as in sqgrad_accumulate.cpp
+constexpr int64_t kScratchBytes = 2 << 20;  // as SCRATCH_BYTES in fisherkit/ops/sqgrad.py
 
 }  // namespace
 

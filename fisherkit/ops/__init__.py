@@ -1,6 +1,7 @@
-"""Numeric primitives with a torch reference and compiled backends, behind one dispatch point."""
+"""Numeric primitives with a torch reference and compiled backends, behind one capability table
+(``fisherkit.ops.dispatch``)."""
 
-from fisherkit.ops.dispatch import BACKENDS, choose_backend
+from fisherkit.ops.dispatch import BACKENDS, Implementation, implementation, implementations
 from fisherkit.ops.extension import extension_status
 from fisherkit.ops.kfac_factor import kfac_factor_update, kfac_factor_update_reference
 from fisherkit.ops.sqgrad import sqgrad_accumulate, sqgrad_accumulate_reference
@@ -8,8 +9,10 @@ from fisherkit.ops.sqnorm import persample_sqnorm, persample_sqnorm_reference
 
 __all__ = [
     "BACKENDS",
-    "choose_backend",
+    "Implementation",
     "extension_status",
+    "implementation",
+    "implementations",
     "kfac_factor_update",
     "kfac_factor_update_reference",
     "persample_sqnorm",

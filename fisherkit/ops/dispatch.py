@@ -1,8 +1,21 @@
-"""The one place that chooses an op's backend, per call, before autograd records anything."""
+"""The capability table of the ops: which implementation serves which call, chosen in one place.
+
+Each op registers its implementations here, one per backend, each with the calls it refuses
+(``Implementation.refusal``: the reason, or None when it serves). ``implementation`` picks the one
+that runs, before autograd records anything:
+
+- an explicit ``backend=`` is strict: an unknown, unavailable or refusing backend is a
+  ``ValueError`` that says why, never a silent substitute;
+- otherwise ``$FISHERKIT_BACKEND`` goes first where it serves, then the fastest available for the
+  tensors' device (C++ on CPU, Triton on CUDA), then the torch reference, which serves every call.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
@@ -10,42 +23,97 @@ from fisherkit.ops.extension import extension_status
 
 BACKEND_ENV = "FISHERKIT_BACKEND"
 BACKENDS = ("reference", "cpp", "triton")
+DEVICE_PREFERENCE = {"cpu": ("cpp", "reference"), "cuda": ("triton", "reference")}
+
+Refusal = Callable[..., str | None]
 
 
-def choose_backend(requested: str | None, *tensors: Tensor) -> str:
-    """Returns the backend an op runs on.
+def serves_every_call(*args: Any) -> str | None:
+    """The refusal of an implementation without limits."""
+    return None
 
-    Order: the explicit ``requested`` argument, then ``$FISHERKIT_BACKEND``, then the fastest
-    available for the tensors' device: ``cpp`` on CPU when the extension loaded, ``triton`` on CUDA
-    when Triton works, else ``reference``. Triton is imported only when it is asked for or the
-    tensors are on a GPU; ``triton`` on CPU tensors runs in Triton's interpreter
-    (``TRITON_INTERPRET=1``), for tests.
+
+@dataclass(frozen=True)
+class Implementation:
+    """One backend's implementation of an op.
+
+    Attributes:
+        op: The op's name (``"sqgrad_accumulate"``, …).
+        backend: ``"reference"``, ``"cpp"`` or ``"triton"``.
+        run: Called with the op's arguments (without ``backend``).
+        refusal: The op's arguments → why this implementation cannot serve them, or None.
+    """
+
+    op: str
+    backend: str
+    run: Callable[..., Any]
+    refusal: Refusal = serves_every_call
+
+
+_TABLE: dict[str, dict[str, Implementation]] = {}
+
+
+def register_implementation(implementation: Implementation) -> None:
+    """Adds (or replaces) ``implementation`` in the capability table."""
+    if implementation.backend not in BACKENDS:
+        raise ValueError(f"unknown backend {implementation.backend!r}; the backends are {BACKENDS}.")
+    _TABLE.setdefault(implementation.op, {})[implementation.backend] = implementation
+
+
+def backend_unavailable(backend: str) -> str | None:
+    """Why ``backend`` cannot run in this process (not built, not installed, no device), or None.
+    Asking about Triton imports it (and registers its ops); asking about C++ loads the extension."""
+    if backend == "cpp":
+        status = extension_status()
+        return None if status.available else f"fisherkit._C is unavailable: {status.reason}"
+    if backend == "triton":
+        from fisherkit.ops.triton import triton_status
+
+        triton = triton_status()
+        return None if triton.available else f"Triton is unavailable: {triton.reason}"
+    return None
+
+
+def implementations(op: str) -> dict[str, Implementation]:
+    """The registered implementations of ``op`` by backend (Triton's after Triton was asked for)."""
+    return dict(_TABLE[op])
+
+
+def implementation(op: str, *args: Any, backend: str | None = None) -> Implementation:
+    """The implementation of ``op`` that runs on ``args`` (the op's arguments, without ``backend``).
 
     Raises:
-        ValueError: An unknown backend, or one that cannot serve these tensors.
+        ValueError: An explicit ``backend`` that is unknown, unavailable, has no implementation of
+            ``op`` or refuses these arguments (the message says why and what serves them).
     """
-    choice = requested or os.environ.get(BACKEND_ENV) or "auto"
-    on_cpu = all(t.device.type == "cpu" for t in tensors)
-    if choice == "auto":
-        if on_cpu:
-            return "cpp" if extension_status().available else "reference"
-        return "triton" if all(t.is_cuda for t in tensors) and _triton_available() else "reference"
-    if choice not in BACKENDS:
-        raise ValueError(f"unknown backend {choice!r}; choose one of {BACKENDS} or 'auto'.")
-    if choice == "cpp":
-        if not on_cpu:
-            raise ValueError("backend 'cpp' runs on CPU tensors only; use 'reference' or 'auto'.")
-        status = extension_status()
-        if not status.available:
-            raise ValueError(f"backend 'cpp' requested but fisherkit._C is unavailable: {status.reason}")
-    if choice == "triton" and not _triton_available():
-        from fisherkit.ops.triton_backend import triton_status
-
-        raise ValueError(f"backend 'triton' requested but unavailable: {triton_status().reason}")
-    return choice
+    if backend is not None:
+        return _explicit(op, backend, args)
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    device = "cpu" if all(t.device.type == "cpu" for t in tensors) else tensors[0].device.type
+    preferred = os.environ.get(BACKEND_ENV, "")
+    if preferred and preferred not in BACKENDS:
+        raise ValueError(f"unknown backend {preferred!r} in ${BACKEND_ENV}; choose one of {BACKENDS}.")
+    order = ((preferred,) if preferred else ()) + DEVICE_PREFERENCE.get(device, ("reference",))
+    for name in order:
+        if backend_unavailable(name) is None:  # first: asking about Triton registers its implementations
+            chosen = _TABLE[op].get(name)
+            if chosen is not None and chosen.refusal(*args) is None:
+                return chosen
+    return _TABLE[op]["reference"]
 
 
-def _triton_available() -> bool:
-    from fisherkit.ops.triton_backend import triton_status
-
-    return triton_status().available
+def _explicit(op: str, backend: str, args: tuple[Any, ...]) -> Implementation:
+    if backend == "auto":
+        return implementation(op, *args)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS} or 'auto'.")
+    reason = backend_unavailable(backend)
+    chosen = _TABLE[op].get(backend)
+    if reason is None:
+        reason = f"{op} has no {backend} implementation" if chosen is None else chosen.refusal(*args)
+    if reason is not None or chosen is None:
+        raise ValueError(
+            f"{op}: backend {backend!r} cannot serve this call: {reason}. Use backend='auto' (or None) to let "
+            "the implementation that serves it run."
+        )
+    return chosen

@@ -47,3 +47,11 @@ def extension_status() -> ExtensionStatus:
 
     register_fakes()
     return ExtensionStatus(True, "loaded", built_for)
+
+
+def cpu_refusal(*args: object) -> str | None:
+    """The C++ kernels' refusal: they run on CPU tensors only."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if all(t.device.type == "cpu" for t in tensors):
+        return None
+    return "its kernels run on CPU tensors only"

@@ -9,12 +9,6 @@ from torch import Tensor
 def register_fakes() -> None:
     """Registers a fake implementation for every op in the loaded extension (once per process)."""
 
-    @torch.library.register_fake("fisherkit::sqgrad_accumulate_")
-    def _sqgrad_accumulate_fake(
-        out: Tensor, bias_out: Tensor | None, grad_output: Tensor, inputs: Tensor, scale: float
-    ) -> None:
-        return None
-
     @torch.library.register_fake("fisherkit::kfac_factor_update_")
     def _kfac_factor_update_fake(factor: Tensor, inputs: Tensor, alpha: float, beta: float, append_ones: bool) -> None:
         return None

