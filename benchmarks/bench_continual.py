@@ -21,7 +21,7 @@ from torch import nn
 from workloads import make_workload
 
 import fisherkit as fk
-from fisherkit.continual import EWC, MAS, Regularizer, SynapticIntelligence
+from fisherkit.regularizers import EWC, MAS, Regularizer, SynapticIntelligence
 
 REGULARIZERS: dict[str, Callable[[nn.Module], Regularizer]] = {
     "EWC (diagonal)": lambda m: EWC(m, 100.0, seed=0),

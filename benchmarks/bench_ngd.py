@@ -29,7 +29,7 @@ from torch import nn
 from workloads import make_workload
 
 import fisherkit as fk
-from fisherkit.continual.datasets import Dataset, load_digits, load_fashion_mnist
+from fisherkit.apps.continual.datasets import Dataset, load_digits, load_fashion_mnist
 
 OptimizerFactory = Callable[[nn.Module, float], torch.optim.Optimizer]
 OPTIMIZERS: dict[str, tuple[OptimizerFactory, tuple[float, ...]]] = {

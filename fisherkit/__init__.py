@@ -32,6 +32,7 @@ from fisherkit.likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
 from fisherkit.matrix_free import FisherOperator
 from fisherkit.optim import NGD, LevenbergMarquardt, NGDPreconditioner
 from fisherkit.plan import explain
+from fisherkit.regularizers import EWC, MAS, Regularizer, SynapticIntelligence
 from fisherkit.rules import LayerCall, LayerRule, TorchFuncRule, register_rule
 from fisherkit.verify import Verification, verify
 
@@ -48,20 +49,24 @@ __all__ = [
     "DenseBlock",
     "DiagonalBlock",
     "DiagonalFisher",
+    "EWC",
     "EigenKroneckerBlock",
     "EstimationOptions",
     "FisherOperator",
     "Gaussian",
     "KroneckerBlock",
     "LevenbergMarquardt",
+    "MAS",
     "NGD",
     "NGDPreconditioner",
     "NonFiniteFisherError",
+    "Regularizer",
     "LayerCall",
     "LayerRule",
     "Likelihood",
     "TorchFuncRule",
     "SumBlock",
+    "SynapticIntelligence",
     "UnsupportedModelError",
     "Verification",
     "block_fisher",

@@ -1,3 +1,3 @@
-from fisherkit.cli import main
+from fisherkit.apps.cli import main
 
 main()

@@ -11,7 +11,7 @@ from oracles import TOLERANCES, brute_force_diagonal, flatten
 from torch import nn
 
 import fisherkit as fk
-from fisherkit.continual import EWC
+from fisherkit.regularizers import EWC
 
 TOL = TOLERANCES[torch.float64]
 

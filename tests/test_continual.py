@@ -10,20 +10,18 @@ import torch
 from oracles import TOLERANCES, brute_force_dense, brute_force_diagonal
 from torch import nn
 
-from fisherkit.cli import main as cli_main
-from fisherkit.continual import (
-    EWC,
-    MAS,
+from fisherkit.apps.cli import main as cli_main
+from fisherkit.apps.continual import (
     MaskedMLP,
     Metrics,
-    SynapticIntelligence,
     TrainConfig,
     load_idx_directory,
     permuted_scenario,
     split_scenario,
 )
-from fisherkit.continual.datasets import Dataset
-from fisherkit.continual.training import train_task
+from fisherkit.apps.continual.datasets import Dataset
+from fisherkit.apps.continual.training import train_task
+from fisherkit.regularizers import EWC, MAS, SynapticIntelligence
 
 TOL = TOLERANCES[torch.float64]
 

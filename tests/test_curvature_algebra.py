@@ -248,3 +248,19 @@ def test_block_quadratic_value_and_gradient_match_the_dense_form_and_finite_diff
         value.backward()
         torch.testing.assert_close(flatten([p.grad for p in params]), 2 * dense @ difference, **TOLERANCES[F64])
         torch.autograd.gradcheck(lambda *p, block=block, a=anchors: block_quadratic(block, p, a), tuple(params))
+
+
+def test_the_representation_quadratic_keeps_its_product_for_the_gradient():
+    blocks = _blocks(7)
+    names = tuple(n for b in blocks for n in b.names)
+    shapes = tuple(s for b in blocks for s in b.shapes)
+    fisher = fk.Curvature(names, shapes, blocks)
+    g = torch.Generator().manual_seed(3)
+    v = [torch.randn(s, generator=g, dtype=F64, requires_grad=True) for s in shapes]
+    value = fisher.quadratic(v)
+    dense = fisher.to_dense()
+    torch.testing.assert_close(value, flatten(v).detach() @ dense @ flatten(v).detach(), **TOLERANCES[F64])
+    stack = value.grad_fn.next_functions[0][0]  # sum(stack([one node per block]))
+    assert [type(node).__name__ for node, _ in stack.next_functions] == ["_QuadraticFormBackward"] * len(blocks)
+    value.backward()
+    torch.testing.assert_close(flatten([x.grad for x in v]), 2 * dense @ flatten(v).detach(), **TOLERANCES[F64])

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fisherkit.cli import main as cli_main
-from fisherkit.continual.datasets import IDX_FILES, load_idx_directory
-from fisherkit.continual.idx import IdxFileError, read_idx
+from fisherkit.apps.cli import main as cli_main
+from fisherkit.apps.continual.datasets import IDX_FILES, load_idx_directory
+from fisherkit.apps.continual.idx import IdxFileError, read_idx
 
 
 def _header(shape: tuple[int, ...]) -> bytes:

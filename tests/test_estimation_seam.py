@@ -9,7 +9,7 @@ from oracles import brute_force_diagonal
 from torch import nn
 
 import fisherkit as fk
-from fisherkit.continual import EWC
+from fisherkit.regularizers import EWC
 
 
 def _flat(tensors):
@@ -101,7 +101,7 @@ def test_non_finite_statistics_raise_their_own_error_type():
 
 
 def test_mas_takes_the_shared_options_and_checks_them_at_construction():
-    from fisherkit.continual import MAS
+    from fisherkit.regularizers import MAS
 
     model, x, _ = _model_and_data()
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):

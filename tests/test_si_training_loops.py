@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from fisherkit.continual import SynapticIntelligence
+from fisherkit.regularizers import SynapticIntelligence
 
 STEPS = 6
 MICRO_BATCHES = 3

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import fisherkit as fk
-from fisherkit.continual import EWC
+from fisherkit.regularizers import EWC
 
 transformers = pytest.importorskip("transformers")
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from fisherkit.curvature.block import Block
+from fisherkit.curvature.quadratic_form import quadratic_form
 
 TensorList = list[Tensor]
 ParameterVector = Sequence[Tensor] | Mapping[str, Tensor]
@@ -47,10 +48,10 @@ class Curvature:
 
     # -- derived operations -------------------------------------------------------------------
     def quadratic(self, v: ParameterVector) -> Tensor:
-        """vᵀ F v summed over all parameters (the EWC penalty without its λ/2); a 0-dim tensor."""
-        vectors = self.as_list(v)
-        products = self.mv(vectors)
-        return sum((x * y).sum() for x, y in zip(vectors, products))
+        """vᵀ F v summed over all parameters (the EWC penalty without its λ/2); a 0-dim tensor whose
+        gradient 2F v is kept from the forward pass (``quadratic_form``: one ``mv``, no replay)."""
+        parts = self._per_block(self.as_list(v))
+        return torch.stack([quadratic_form(block, part) for block, part in zip(self._blocks, parts)]).sum()
 
     def as_list(self, v: ParameterVector) -> TensorList:
         """Aligns ``v`` (a sequence in ``names`` order or a dict by name) with this representation.

@@ -8,13 +8,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from fisherkit.continual.ewc import EWC
-from fisherkit.continual.mas import MAS
-from fisherkit.continual.model import MaskedMLP
-from fisherkit.continual.regularizer import Regularizer
-from fisherkit.continual.scenarios import Scenario
-from fisherkit.continual.si import SynapticIntelligence
-from fisherkit.continual.training import (
+from fisherkit.apps.continual.model import MaskedMLP
+from fisherkit.apps.continual.scenarios import Scenario
+from fisherkit.apps.continual.training import (
     Metrics,
     TrainConfig,
     TrainingDiverged,
@@ -22,6 +18,10 @@ from fisherkit.continual.training import (
     train_jointly,
     train_task,
 )
+from fisherkit.regularizers.ewc import EWC
+from fisherkit.regularizers.mas import MAS
+from fisherkit.regularizers.regularizer import Regularizer
+from fisherkit.regularizers.si import SynapticIntelligence
 
 METHODS = ("naive", "ewc", "online-ewc", "kfac-ewc", "si", "mas", "joint")
 STRENGTH_GRIDS = {

@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from fisherkit.continual.regularizer import Regularizer, check_state_names, cloned
 from fisherkit.estimators import Estimation, EstimationOptions
 from fisherkit.estimators.common import check_count
+from fisherkit.regularizers.regularizer import Regularizer, check_state_names, cloned
 
 
 class MAS(Regularizer):

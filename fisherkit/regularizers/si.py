@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from fisherkit.continual.regularizer import Regularizer, check_state_names, cloned
-from fisherkit.continual.task_gradient import PenaltyTap, TaskGradient
+from fisherkit.regularizers.regularizer import Regularizer, check_state_names, cloned
+from fisherkit.regularizers.task_gradient import PenaltyTap, TaskGradient
 
 
 class SynapticIntelligence(Regularizer):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fisherkit.continual.idx import MAX_IDX_BYTES, IdxFileError, read_idx
+from fisherkit.apps.continual.idx import MAX_IDX_BYTES, IdxFileError, read_idx
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {
@@ -76,7 +76,7 @@ def load_idx_directory(directory: str | Path, name: str | None = None, max_bytes
     Args:
         directory: Where the files are.
         name: For reports (default: the directory's name).
-        max_bytes: The most data bytes one file may declare (see ``fisherkit.continual.idx``).
+        max_bytes: The most data bytes one file may declare (see ``fisherkit.apps.continual.idx``).
 
     Raises:
         FileNotFoundError: The directory or files are missing (or a file was given for the

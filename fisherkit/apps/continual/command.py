@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from fisherkit.continual.datasets import Dataset, load_digits, load_fashion_mnist, load_idx_directory
-from fisherkit.continual.experiment import (
+from fisherkit.apps.continual.datasets import Dataset, load_digits, load_fashion_mnist, load_idx_directory
+from fisherkit.apps.continual.experiment import (
     METHODS,
     Method,
     Summary,
@@ -17,8 +17,9 @@ from fisherkit.continual.experiment import (
     format_summaries,
     run_methods,
 )
-from fisherkit.continual.scenarios import SETTINGS, Scenario, permuted_scenario, split_scenario
-from fisherkit.continual.training import TrainConfig
+from fisherkit.apps.continual.scenarios import SETTINGS, Scenario, permuted_scenario, split_scenario
+from fisherkit.apps.continual.training import TrainConfig
+from fisherkit.apps.errors import UsageError
 from fisherkit.estimators import FISHER_TYPES
 
 SCENARIOS = ("split-digits", "permuted-digits", "split-fashion", "permuted-fashion", "split-idx", "permuted-idx")
@@ -50,7 +51,7 @@ def load_dataset(scenario: str, data_dir: Path | None) -> Dataset:
     if scenario.endswith("fashion"):
         return load_fashion_mnist()
     if data_dir is None:
-        raise SystemExit(f"--scenario {scenario} needs --data-dir: a directory of MNIST-format IDX files.")
+        raise UsageError(f"--scenario {scenario} needs --data-dir: a directory of MNIST-format IDX files.")
     return load_idx_directory(data_dir)
 
 
@@ -98,7 +99,7 @@ def plot_summaries(scenario: Scenario, summaries: list[Summary], path: Path) -> 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:
-        raise SystemExit("--plot needs matplotlib: pip install 'fisherkit[plots]'") from error
+        raise ImportError("--plot needs matplotlib: pip install 'fisherkit[plots]'") from error
     sequential = [s for s in summaries if s.matrices[0].shape[0] > 1]
     figure, axes = plt.subplots(2, max(1, len(sequential)), figsize=(3 * max(1, len(sequential)), 6), squeeze=False)
     for column, summary in enumerate(sequential):

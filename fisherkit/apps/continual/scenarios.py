@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fisherkit.continual.datasets import Dataset
+from fisherkit.apps.continual.datasets import Dataset
 
 SETTINGS = ("task", "domain", "class")
 Split = tuple[Tensor, Tensor]

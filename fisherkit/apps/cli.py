@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--epochs", type=int, default=10)
     demo.add_argument("--seeds", type=int, default=3)
     demo.add_argument("--plot", type=Path, help="PNG path; writes <stem>-accuracy.png and <stem>-fisher.png")
-    from fisherkit.continual.command import add_arguments
+    from fisherkit.apps.continual.command import add_arguments
 
     add_arguments(commands.add_parser("cl", help="run continual-learning methods through a scenario"))
     types = commands.add_parser("fisher-types", help="the three Fisher types on scikit-learn's digits (seconds)")
@@ -24,25 +24,26 @@ def main(argv: list[str] | None = None) -> None:
     types.add_argument("--seed", type=int, default=0)
     commands.add_parser("env", help="report torch, CUDA, Triton and compiled-extension status")
     args = parser.parse_args(argv)
-    from fisherkit.continual.idx import IdxFileError
+    from fisherkit.apps.continual.idx import IdxFileError
+    from fisherkit.apps.errors import UsageError
 
     try:
         _run(args)
-    except (ImportError, FileNotFoundError, IdxFileError) as error:  # a missing extra, missing or malformed data
+    except (ImportError, FileNotFoundError, IdxFileError, UsageError) as error:  # a missing extra or data, bad options
         raise SystemExit(f"fisherkit {args.command}: {error}") from error
 
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "demo":
-        from fisherkit.continual.demo import run_demo
+        from fisherkit.apps.continual.demo import run_demo
 
         print(run_demo(epochs=args.epochs, seeds=args.seeds, plot=args.plot))
     elif args.command == "cl":
-        from fisherkit.continual.command import run
+        from fisherkit.apps.continual.command import run
 
         print(run(args))
     elif args.command == "fisher-types":
-        from fisherkit.fisher_types import run
+        from fisherkit.apps.fisher_types import run
 
         print(run(epochs=args.epochs, mc_samples=args.mc_samples, seed=args.seed))
     else:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from fisherkit.continual.command import add_arguments, run
-from fisherkit.continual.datasets import load_digits
-from fisherkit.continual.model import MaskedMLP
-from fisherkit.continual.scenarios import permuted_scenario
-from fisherkit.continual.training import TrainConfig, train_task
+from fisherkit.apps.continual.command import add_arguments, run
+from fisherkit.apps.continual.datasets import load_digits
+from fisherkit.apps.continual.model import MaskedMLP
+from fisherkit.apps.continual.scenarios import permuted_scenario
+from fisherkit.apps.continual.training import TrainConfig, train_task
 from fisherkit.estimators import diagonal_fisher
 
 DEMO_DEFAULTS = {
@@ -76,7 +76,7 @@ def _plot_histogram(logs: torch.Tensor, zeros: int, path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:
-        raise SystemExit("--plot needs matplotlib: pip install 'fisherkit[plots]'") from error
+        raise ImportError("--plot needs matplotlib: pip install 'fisherkit[plots]'") from error
     figure, axis = plt.subplots(figsize=(5, 3))
     axis.hist(logs.numpy(), bins=60)
     axis.set_xlabel("log10 of the Fisher diagonal entry")

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from fisherkit.continual.model import MaskedMLP
-from fisherkit.continual.regularizer import Regularizer
-from fisherkit.continual.scenarios import Scenario, Split, Task
+from fisherkit.apps.continual.model import MaskedMLP
+from fisherkit.apps.continual.scenarios import Scenario, Split, Task
+from fisherkit.regularizers.regularizer import Regularizer
 
 
 class TrainingDiverged(ValueError):

@@ -8,11 +8,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from fisherkit.continual.regularizer import Regularizer, check_anchor, check_state_names
 from fisherkit.curvature import Curvature
 from fisherkit.curvature.quadratic_form import block_quadratic
 from fisherkit.estimators import EstimationOptions, fisher
 from fisherkit.estimators.structures import split_structure_options
+from fisherkit.regularizers.regularizer import Regularizer, check_anchor, check_state_names
 
 MODES = ("separate", "online")
 

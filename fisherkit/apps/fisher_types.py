@@ -19,7 +19,7 @@ def load_digits_tensors() -> tuple[Tensor, Tensor]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as error:
-        raise SystemExit("the demo needs scikit-learn: pip install 'fisherkit[data]'") from error
+        raise ImportError("the demo needs scikit-learn: pip install 'fisherkit[data]'") from error
     digits = load_digits()
     return torch.tensor(digits.data, dtype=torch.float32) / 16.0, torch.tensor(digits.target)
 
