@@ -28,8 +28,8 @@ from fisherkit.estimators import (
     per_sample_fisher_trace,
     register_structure,
 )
+from fisherkit.estimators.operator import FisherOperator
 from fisherkit.likelihoods import Bernoulli, Categorical, Gaussian, Likelihood
-from fisherkit.matrix_free import FisherOperator
 from fisherkit.optim import NGD, LevenbergMarquardt, NGDPreconditioner
 from fisherkit.plan import explain
 from fisherkit.regularizers import EWC, MAS, Regularizer, SynapticIntelligence

@@ -1,4 +1,29 @@
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(__file__))
+
+from fisherkit.estimators.structures import STRUCTURES  # noqa: E402
+from fisherkit.rules import registry  # noqa: E402
+
+
+def _restore(table: dict, saved: dict, builtin_prefix: str) -> None:
+    """Puts back what ``table`` held, keeping entries fisherkit itself added meanwhile (rules it
+    registers lazily, such as the Hugging Face ones on first use)."""
+    for key in [k for k in table if k not in saved]:
+        if not type(table[key]).__module__.startswith(builtin_prefix):
+            del table[key]
+    table.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def isolated_registries():
+    """Rules and structures a test registers are gone after it: no test sees another's."""
+    rules, structures = dict(registry._RULES), dict(STRUCTURES)
+    yield
+    _restore(registry._RULES, rules, "fisherkit.rules")
+    for name in [n for n in STRUCTURES if n not in structures]:
+        del STRUCTURES[name]
+    STRUCTURES.update(structures)

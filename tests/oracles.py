@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import torch
@@ -79,7 +80,7 @@ def _weighted_gradients(
 ) -> Iterator[tuple[float, list[Tensor]]]:
     """(weight, ∇_θ log p(y | x_n)) for every sample n and label y of the Fisher type, in float64,
     one sample at a time; F = (1/N) Σ weight · g gᵀ."""
-    model = model.double()
+    model = copy.deepcopy(model).double()  # the caller's model stays as it is
     inputs = inputs.double() if inputs.dtype.is_floating_point else inputs
     for n in range(inputs.shape[0]):
         output = model(inputs[n : n + 1])[0]
@@ -157,7 +158,7 @@ def dense_ggn(model: nn.Module, inputs: Tensor, likelihood: str, variance: float
     """(1/N) Σ_n J_nᵀ H_n J_n as a dense ``(P, P)`` matrix with torch.func: J_n = ∂f_n/∂θ by
     ``jacrev``, H_n = ∂²[−log p(y | f_n)]/∂f² by ``hessian`` (the output Fisher for these
     canonical-link likelihoods; independent of y)."""
-    model = model.double()
+    model = copy.deepcopy(model).double()  # the caller's model stays as it is
     inputs = inputs.double() if inputs.dtype.is_floating_point else inputs
     params = {n: p.detach() for n, p in _trainable(model)}
     total = None

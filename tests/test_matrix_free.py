@@ -47,8 +47,30 @@ def test_solvers_match_dense_linear_algebra():
     torch.testing.assert_close(operator.quadratic(v), flatten(v) @ dense @ flatten(v), **TOL)
     ritz = operator.eigenvalues(iterations=operator.dim)
     torch.testing.assert_close(ritz[-1], torch.linalg.eigvalsh(dense)[-1], rtol=1e-8, atol=1e-10)
-    estimate, error = operator.trace(probes=400, seed=1)
+    estimate, error = operator.trace_estimate(probes=400, seed=1)
+    assert torch.equal(operator.trace(probes=400, seed=1), estimate)
     assert float(error) > 0
     assert abs(float(estimate - torch.trace(dense))) < 4 * float(error)
     with pytest.raises(ValueError, match="did not reach"):
         operator.solve(v, 0.1, tol=1e-12, max_iter=2)
+
+
+def test_the_operator_and_the_representations_share_verbs_that_mean_the_same():
+    model, x, _ = _model_and_data()
+    dense = dense_ggn(model, x, "categorical")
+    v = [torch.randn(s, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) for s in model_shapes(model)]
+    eye = torch.eye(dense.shape[0], dtype=torch.float64)
+    operator, stored = fk.FisherOperator(model, x), fk.full_fisher(model, x, fisher_type="exact")
+    for fisher in (operator, stored):
+        assert isinstance(fisher, fk.curvature.FisherVerbs)
+        torch.testing.assert_close(flatten(fisher.mv(v)), dense @ flatten(v), **TOL)
+        torch.testing.assert_close(fisher.quadratic(v), flatten(v) @ dense @ flatten(v), **TOL)
+        solved = flatten(fisher.solve(v, 0.1))  # the operator by CG to a relative residual of 1e-6
+        torch.testing.assert_close(solved, torch.linalg.solve(dense + 0.1 * eye, flatten(v)), rtol=1e-5, atol=1e-7)
+        assert fisher.trace().dim() == 0
+        torch.testing.assert_close(fisher.to_dense(), dense, **TOL)
+    torch.testing.assert_close(stored.trace(), torch.trace(dense), **TOL)
+
+
+def model_shapes(model: nn.Module) -> list[torch.Size]:
+    return [p.shape for p in model.parameters()]

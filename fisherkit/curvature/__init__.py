@@ -8,6 +8,7 @@ from fisherkit.curvature.diagonal_block import DiagonalBlock
 from fisherkit.curvature.eigen_kronecker_block import EigenKroneckerBlock
 from fisherkit.curvature.kronecker_block import KroneckerBlock
 from fisherkit.curvature.sum_block import SumBlock
+from fisherkit.curvature.verbs import FisherVerbs
 
 __all__ = [
     "Block",
@@ -16,6 +17,7 @@ __all__ = [
     "DiagonalBlock",
     "DiagonalFisher",
     "EigenKroneckerBlock",
+    "FisherVerbs",
     "KroneckerBlock",
     "SumBlock",
 ]

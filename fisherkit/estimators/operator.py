@@ -1,4 +1,4 @@
-"""The matrix-free Fisher: exact products F v from Jacobian-vector products, never forming F."""
+"""The matrix-free Fisher estimator: exact products F v from Jacobian-vector products, never forming F."""
 
 from __future__ import annotations
 
@@ -25,7 +25,11 @@ class FisherOperator:
     matrix), dataset-label gradients for ``"empirical"``.
 
     Each product is one pass over the data: a forward-mode Jacobian-vector product and a
-    vector-Jacobian product per batch (``torch.func``). Scaling: per-sample mean.
+    vector-Jacobian product per batch (``torch.func``). Scaling: per-sample mean. It shares the
+    representation's verbs (``fisherkit.curvature.verbs.FisherVerbs``: ``mv``, ``quadratic``,
+    ``solve``, ``trace``, ``to_dense``) with the same meaning; ``trace`` is Hutchinson's estimate.
+    The estimation start checks the model as every estimator does (train-mode BatchNorm or dropout)
+    and gives the parameter names; no layer rule is used.
 
     Args:
         model, data, likelihood: As in ``diagonal_fisher``; every module is supported (no layer
@@ -113,7 +117,11 @@ class FisherOperator:
         flat = self.flatten(v).to(self._like())
         return self.unflatten(conjugate_gradient(self.matvec, flat, damping, tol, max_iter))
 
-    def trace(self, probes: int = 100, seed: int = 0) -> tuple[Tensor, Tensor]:
+    def trace(self, probes: int = 100, seed: int = 0) -> Tensor:
+        """Hutchinson's estimate of tr(F), a 0-dim tensor (``trace_estimate`` adds its standard error)."""
+        return self.trace_estimate(probes, seed)[0]
+
+    def trace_estimate(self, probes: int = 100, seed: int = 0) -> tuple[Tensor, Tensor]:
         """Hutchinson's estimate of tr(F) and its standard error."""
         generator = torch.Generator().manual_seed(seed)
         return hutchinson_trace(self.matvec, self.dim, probes, self._like(), generator)
