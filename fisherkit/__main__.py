@@ -1,3 +1,5 @@
+"""``python -m fisherkit``: the command line (``fisherkit.apps.cli``)."""
+
 from fisherkit.apps.cli import main
 
 main()

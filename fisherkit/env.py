@@ -48,6 +48,7 @@ def report() -> str:
 
 
 def main() -> None:
+    """Prints ``report()``."""
     print(report())
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Runs the ``fisherkit`` command (``argv`` without the program name; default ``sys.argv[1:]``)."""
     parser = argparse.ArgumentParser(prog="fisherkit", description="The Fisher information of PyTorch models.")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(

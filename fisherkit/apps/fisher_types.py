@@ -25,6 +25,7 @@ def load_digits_tensors() -> tuple[Tensor, Tensor]:
 
 
 def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int, seed: int) -> None:
+    """Trains ``model`` on ``(x, y)`` with Adam for ``epochs`` epochs (batches drawn from ``seed``)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(epochs):

@@ -96,6 +96,7 @@ def apply_right(view: Tensor, factor: Tensor | None) -> Tensor:
 
 
 def transpose(basis: Tensor | None) -> Tensor | None:
+    """The basis with its last two axes swapped (None stays None)."""
     return None if basis is None else basis.transpose(-1, -2)
 
 

@@ -80,7 +80,10 @@ def block_fisher(
     Scaling: per-sample mean, F_l = (1/N) Σ_n E_y[g_{n,l} g_{n,l}ᵀ] for the parameters of module l.
 
     Args:
-        model, data, likelihood, fisher_type: As in ``diagonal_fisher``.
+        model: The model (``nn.Module``).
+        data: Batches, as in ``diagonal_fisher``.
+        likelihood: ``"categorical"``, ``"gaussian"``, ``"bernoulli"`` or a ``Likelihood``.
+        fisher_type: ``"mc"``, ``"exact"`` or ``"empirical"``.
         **options: The shared options, ``fisherkit.EstimationOptions``; here ``memory_budget`` bounds
             the dense blocks together (and one chunk of per-sample gradients): the estimator refuses,
             saying what it would need, beyond it.

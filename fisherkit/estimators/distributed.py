@@ -8,6 +8,7 @@ from torch import Tensor
 
 
 def is_distributed() -> bool:
+    """True when a ``torch.distributed`` process group is initialized (statistics are then all-reduced)."""
     return dist.is_available() and dist.is_initialized()
 
 

@@ -278,7 +278,10 @@ def kfac_fisher(
     factor normalizations are in the module docstring.
 
     Args:
-        model, data, likelihood, fisher_type: As in ``diagonal_fisher``.
+        model: The model (``nn.Module``).
+        data: Batches, as in ``diagonal_fisher``.
+        likelihood: ``"categorical"``, ``"gaussian"``, ``"bernoulli"`` or a ``Likelihood``.
+        fisher_type: ``"mc"``, ``"exact"`` or ``"empirical"``.
         approximation: ``"expand"`` or ``"reduce"`` for layers whose weights are shared over
             positions (sequences, conv locations); the same when there is one position.
         **options: The shared options, ``fisherkit.EstimationOptions`` (the layerwise engine

@@ -89,7 +89,10 @@ def fisher(
     Scaling: per-sample mean, F = (1/N) Σ_n E_y[g_n g_nᵀ] (see ``EstimationOptions``).
 
     Args:
-        model, data, likelihood, fisher_type: As in ``diagonal_fisher``.
+        model: The model (``nn.Module``).
+        data: Batches, as in ``diagonal_fisher``.
+        likelihood: ``"categorical"``, ``"gaussian"``, ``"bernoulli"`` or a ``Likelihood``.
+        fisher_type: ``"mc"``, ``"exact"`` or ``"empirical"``.
         structure: ``"diagonal"``, ``"kfac"``, ``"ekfac"``, ``"block"``, ``"full"`` or one added
             with ``register_structure``.
         **options: The shared ``EstimationOptions`` and the structure's own keywords.

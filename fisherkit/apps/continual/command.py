@@ -26,6 +26,7 @@ SCENARIOS = ("split-digits", "permuted-digits", "split-fashion", "permuted-fashi
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the ``cl`` command's options to ``parser``."""
     parser.add_argument("--scenario", choices=SCENARIOS, default="split-digits")
     parser.add_argument("--data-dir", type=Path, help="directory of MNIST-format IDX files (for *-idx scenarios)")
     parser.add_argument("--setting", choices=SETTINGS, default="task", help="for split scenarios")
@@ -46,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_dataset(scenario: str, data_dir: Path | None) -> Dataset:
+    """The data of ``scenario``: bundled digits, Debian's Fashion-MNIST, or the IDX files in ``data_dir``."""
     if scenario.endswith("digits"):
         return load_digits()
     if scenario.endswith("fashion"):
@@ -56,6 +58,7 @@ def load_dataset(scenario: str, data_dir: Path | None) -> Dataset:
 
 
 def build_scenario(args: argparse.Namespace) -> Scenario:
+    """The Split or Permuted scenario the command's options describe."""
     dataset = load_dataset(args.scenario, args.data_dir)
     if args.scenario.startswith("split"):
         return split_scenario(dataset, args.setting, args.tasks or 5)

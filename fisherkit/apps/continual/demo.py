@@ -32,6 +32,7 @@ DEMO_DEFAULTS = {
 
 
 def demo_arguments(epochs: int, seeds: int, plot: Path | None) -> argparse.Namespace:
+    """The ``cl`` options of the demo: its defaults with ``epochs``, ``seeds`` and ``plot``."""
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     parser.set_defaults(**DEMO_DEFAULTS)

@@ -123,6 +123,7 @@ class Summary:
 
 
 def run_methods(scenario: Scenario, methods: list[Method], config: TrainConfig, seeds: list[int]) -> list[Summary]:
+    """Each method's accuracy matrices over ``seeds`` on ``scenario``."""
     return [Summary(m, [accuracy_matrix(scenario, m, config, seed) for seed in seeds]) for m in methods]
 
 

@@ -108,6 +108,10 @@ def permuted_scenario(
     """Permuted: each task applies its own fixed pixel permutation (the first none); domain-incremental.
 
     Args:
+        dataset: The images and labels.
+        num_tasks: Tasks, each with its own permutation.
+        valid_fraction: Share of each task's training data held out for validation.
+        seed: Seeds the permutations and the split.
         train_per_task: Use only the first this many training samples per task (CPU budgets).
     """
     generator = torch.Generator().manual_seed(seed)

@@ -38,6 +38,7 @@ class TrainConfig:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer ``config`` names, over the model's parameters."""
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr)
     if config.optimizer == "sgd":
@@ -109,6 +110,7 @@ def accuracy(model: MaskedMLP, task: Task, split: str = "test") -> float:
 
 
 def accuracy_row(model: MaskedMLP, scenario: Scenario, split: str) -> list[float]:
+    """The model's accuracy on every task's ``split`` (``"valid"`` or ``"test"``)."""
     return [accuracy(model, task, split) for task in scenario.tasks]
 
 

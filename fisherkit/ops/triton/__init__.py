@@ -21,6 +21,8 @@ OP_MODULES = ("sqgrad_accumulate", "persample_sqnorm", "kfac_factor_update")
 
 @dataclass(frozen=True)
 class TritonStatus:
+    """Whether the Triton backend can run here, and why not when it cannot."""
+
     available: bool
     reason: str
 

@@ -68,6 +68,7 @@ def lower_triangle_tiles(tiles: int, device: torch.device) -> tuple[Tensor, Tens
 
 
 def grid_size(size: int, block: int) -> int:
+    """Programs along an axis of ``size`` elements in blocks of ``block``."""
     return triton.cdiv(size, block)
 
 
