@@ -174,12 +174,12 @@ def build_plan(model: nn.Module, fallback: bool | None = False, only: Sequence[s
     _assign_shared_with_descendants(entries)
     owners: dict[int, list[PlanEntry]] = {}
     for entry in entries:
-        for local in entry.local_names:
-            parameter = entry.module.get_parameter(local)
+        for local_name in entry.local_names:
+            parameter = entry.module.get_parameter(local_name)
             owners.setdefault(id(parameter), []).append(entry)
-            own_name = f"{entry.path}.{local}" if entry.path else local
+            own_name = f"{entry.path}.{local_name}" if entry.path else local_name
             if canonical[id(parameter)] != own_name:
-                entry.canonical[local] = canonical[id(parameter)]
+                entry.canonical[local_name] = canonical[id(parameter)]
     tied = []
     for key, sharing in owners.items():
         if len(sharing) > 1:

@@ -126,7 +126,7 @@ def verify(
             per_sample[name].add_(grad.to(per_sample[name].dtype).square().sum(0))
 
     engine.per_sample_grads(call, columns(), add_squares)
-    norms = job.accumulator(call.batch_size)
+    norms = job.accumulator((call.batch_size,))
     engine.accumulate_sqnorm(call, columns(), norms)
     loop, loop_norms = _loop(model, call, like, target, mask, params)
     served: dict[str, list[str]] = {}

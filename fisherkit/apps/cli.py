@@ -40,13 +40,13 @@ def _run(args: argparse.Namespace) -> None:
 
         print(run_demo(epochs=args.epochs, seeds=args.seeds, plot=args.plot))
     elif args.command == "cl":
-        from fisherkit.apps.continual.command import run
+        from fisherkit.apps.continual.command import run as run_cl
 
-        print(run(args))
+        print(run_cl(args))
     elif args.command == "fisher-types":
-        from fisherkit.apps.fisher_types import run
+        from fisherkit.apps.fisher_types import run as run_fisher_types
 
-        print(run(epochs=args.epochs, mc_samples=args.mc_samples, seed=args.seed))
+        print(run_fisher_types(epochs=args.epochs, mc_samples=args.mc_samples, seed=args.seed))
     else:
         from fisherkit.env import report
 

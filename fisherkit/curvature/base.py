@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from fisherkit.curvature.block import Block
+from fisherkit.curvature.block import Block, tensor_sum
 from fisherkit.curvature.quadratic_form import quadratic_form
 
 TensorList = list[Tensor]
@@ -129,7 +129,7 @@ class Curvature:
         for slots, tensors in zip(self._slots, per_block):
             for i, tensor in zip(slots, tensors):
                 out[i] = tensor
-        return out
+        return [t for t in out if t is not None]  # the blocks partition the names: every slot is filled
 
     def _with_blocks(self: Self, blocks: Sequence[Block]) -> Self:
         """A representation of the same class over the same parameters with other blocks."""
@@ -165,11 +165,11 @@ class Curvature:
 
     def trace(self) -> Tensor:
         """tr(F), a 0-dim tensor."""
-        return sum(block.trace() for block in self._blocks)
+        return tensor_sum(block.trace() for block in self._blocks)
 
     def logdet(self, damping: float, pi_damping: bool = False) -> Tensor:
         """log det(F + damping·I), a 0-dim tensor (damping as in ``solve``)."""
-        return sum(block.logdet(damping, pi_damping) for block in self._blocks)
+        return tensor_sum(block.logdet(damping, pi_damping) for block in self._blocks)
 
     def to_dense(self) -> Tensor:
         """The ``(P, P)`` matrix, parameters flattened in ``names`` order (for tests, small models)."""
@@ -210,7 +210,7 @@ class Curvature:
     def from_state_dict(cls, state: Mapping[str, Any]) -> Curvature:
         """Rebuilds a representation from ``state_dict()`` alone (e.g. a saved EWC penalty)."""
         blocks = [Block.from_state(s) for s in state["blocks"]]
-        kind = CURVATURE_KINDS.get(state.get("kind"), Curvature)
+        kind = CURVATURE_KINDS.get(str(state.get("kind")), Curvature)
         curvature = object.__new__(kind)
         Curvature.__init__(curvature, state["names"], [torch.Size(s) for s in state["shapes"]], blocks)
         return curvature

@@ -8,8 +8,10 @@ own parameters' tensors, in the order of ``names``.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -18,6 +20,11 @@ from torch import Tensor
 TensorList = list[Tensor]
 BLOCK_KINDS: dict[str, type[Block]] = {}
 DENSE_FALLBACK_LIMIT = 8192  # parameters up to which a block without a closed form is solved densely
+
+
+def tensor_sum(tensors: Iterable[Tensor]) -> Tensor:
+    """The sum of one or more tensors (``sum`` without its integer start value)."""
+    return functools.reduce(operator.add, tensors)
 
 
 def check_damping(damping: float) -> float:

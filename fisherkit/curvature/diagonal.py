@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from torch import Tensor
 
@@ -29,4 +30,4 @@ class DiagonalFisher(Curvature):
     @property
     def diagonals(self) -> TensorList:
         """The stored diagonals in ``names`` order (not copies)."""
-        return self._gather([block.diagonals for block in self.blocks])
+        return self._gather([cast(DiagonalBlock, block).diagonals for block in self.blocks])

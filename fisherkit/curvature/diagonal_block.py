@@ -7,7 +7,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from fisherkit.curvature.block import Block, TensorList, check_damping, check_decay
+from fisherkit.curvature.block import Block, TensorList, check_damping, check_decay, tensor_sum
 
 
 @dataclasses.dataclass(eq=False)
@@ -44,10 +44,10 @@ class DiagonalBlock(Block):
         return [d.clone() for d in self.diagonals]
 
     def trace(self) -> Tensor:
-        return sum(d.sum() for d in self.diagonals)
+        return tensor_sum(d.sum() for d in self.diagonals)
 
     def logdet(self, damping: float, pi_damping: bool = False) -> Tensor:
-        return sum(d.log().sum() for d in self._damped(damping))
+        return tensor_sum(d.log().sum() for d in self._damped(damping))
 
     def to_dense(self) -> Tensor:
         return torch.diag(self.flatten(self.diagonals))
@@ -63,6 +63,7 @@ class DiagonalBlock(Block):
     def ema_(self, other: Block, decay: float) -> None:
         if not isinstance(other, DiagonalBlock):
             super().ema_(other, decay)
+            return
         decay = check_decay(decay)
         for mine, new in zip(self.diagonals, other.diagonals):
             mine.mul_(decay).add_(new, alpha=1 - decay)

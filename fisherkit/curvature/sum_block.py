@@ -7,7 +7,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from fisherkit.curvature.block import Block, TensorList, check_damping, dense_damped
+from fisherkit.curvature.block import Block, TensorList, check_damping, dense_damped, tensor_sum
 
 
 @dataclasses.dataclass(eq=False)
@@ -47,16 +47,16 @@ class SumBlock(Block):
         return DenseBlock(self.names, self.shapes, torch.linalg.inv(dense_damped(self, check_damping(damping))))
 
     def diagonal(self) -> TensorList:
-        return [sum(parts) for parts in zip(*(term.diagonal() for term in self.terms))]
+        return [tensor_sum(parts) for parts in zip(*(term.diagonal() for term in self.terms))]
 
     def trace(self) -> Tensor:
-        return sum(term.trace() for term in self.terms)
+        return tensor_sum(term.trace() for term in self.terms)
 
     def logdet(self, damping: float, pi_damping: bool = False) -> Tensor:
         return torch.linalg.slogdet(dense_damped(self, check_damping(damping)))[1]
 
     def to_dense(self) -> Tensor:
-        return sum(term.to_dense() for term in self.terms)
+        return tensor_sum(term.to_dense() for term in self.terms)
 
     def scaled(self, scalar: float) -> SumBlock:
         return SumBlock(self.names, self.shapes, [term.scaled(scalar) for term in self.terms])

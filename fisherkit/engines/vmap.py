@@ -59,7 +59,7 @@ class VmapEngine(Engine):
             def forward(p: dict[str, Tensor]) -> Tensor:
                 return sample_call(lambda *a, **k: functional_call(self.model, p, a, k))
 
-            _, pullback = vjp(forward, params)
+            pullback = vjp(forward, params)[1]
             return vmap(pullback)(sample_columns.unsqueeze(1))[0]
 
         batch = output.shape[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -136,7 +136,9 @@ class BatchReader:
     def read(self, raw: Any) -> Batch:
         """One batch; raises ``ValueError``/``TypeError`` naming the entry and the option that fixes a layout."""
         if isinstance(raw, Tensor):
-            args, kwargs, target, mask = (raw,), {}, self._no_target_in_tensor(), None
+            self._check_no_target_in_tensor()
+            args, target, mask = (raw,), None, None
+            kwargs: dict[str, Any] = {}
         elif isinstance(raw, Mapping):
             args, kwargs, target, mask = self._read_mapping(raw)
         elif isinstance(raw, Sequence) and not isinstance(raw, str) and len(raw):
@@ -155,10 +157,9 @@ class BatchReader:
             mask = None if mask is None else mask[:, 1:]
         return Batch(call, target, None if mask is None else mask.bool())
 
-    def _no_target_in_tensor(self) -> None:
+    def _check_no_target_in_tensor(self) -> None:
         if self.options.target not in (DEFAULT, None):
             raise ValueError(f"target={self.options.target!r} names an entry, but the batch is a single tensor.")
-        return None
 
     def _read_mapping(self, raw: Mapping) -> tuple[tuple, dict, Tensor | None, Tensor | None]:
         options = self.options
@@ -191,8 +192,8 @@ class BatchReader:
             bad = [i for i in options.inputs if not (isinstance(i, int) and -len(raw) <= i < len(raw))]
             if bad:
                 raise ValueError(f"inputs {bad} are not indices of the batch of {len(raw)} entries.")
-            args = tuple(raw[i] for i in options.inputs)
-        target = None if index is None else raw[index]
+            args = tuple(raw[cast(int, i)] for i in options.inputs)  # checked above: indices
+        target = None if index is None else raw[int(index)]
         return args, {}, target, None
 
 

@@ -67,6 +67,7 @@ def make_columns_fn(
         if fisher_type == "exact":
             columns = likelihood.sqrt_output_fisher(output, target)
         elif fisher_type == "empirical":
+            assert target is not None  # the batch reader refuses the empirical Fisher without labels
             columns = likelihood.grad_nll(output, target).unsqueeze(0)
         else:
             draws = [likelihood.grad_nll(output, likelihood.sample(output, generator)) for _ in range(mc_samples)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -69,9 +70,8 @@ class FisherOperator:
 
     def flatten(self, vectors: ParameterVector) -> Tensor:
         """A parameter-shaped list or dict → ``(P,)``."""
-        if isinstance(vectors, dict):
-            vectors = [vectors[n] for n in self.names]
-        return torch.cat([v.reshape(-1) for v in vectors])
+        ordered = [vectors[n] for n in self.names] if isinstance(vectors, Mapping) else list(vectors)
+        return torch.cat([v.reshape(-1) for v in ordered])
 
     def unflatten(self, flat: Tensor) -> TensorList:
         return [p.reshape(s) for p, s in zip(flat.split([s.numel() for s in self.shapes]), self.shapes)]
@@ -95,11 +95,11 @@ class FisherOperator:
             def forward(p: dict[str, Tensor], call: ModelCall = call) -> Tensor:
                 return call(lambda *args, **kwargs: functional_call(self.job.model, p, args, kwargs))
 
-            output, directional = jvp(forward, (params,), (tangents,))
+            output, directional = jvp(forward, (params,), (tangents,))[:2]
             columns = columns_fn(output)  # (K, B, ...)
             weights = (columns * directional.unsqueeze(0)).flatten(2).sum(-1)  # s_kᵀ J v per sample
             cotangent = (weights.reshape(*weights.shape, *[1] * (columns.dim() - 2)) * columns).sum(0)
-            _, pullback = vjp(forward, params)
+            pullback = vjp(forward, params)[1]
             for total, grad in zip(totals, pullback(cotangent)[0].values()):
                 total.add_(grad)
             count += output.shape[0]

@@ -46,7 +46,7 @@ def estimate_traces(job: Estimation, data: Any) -> Tensor:
     engine = job.engine()
     traces = []
     for call, columns_fn in job.batches(data, "per-sample Fisher trace"):
-        norms = job.accumulator(call.batch_size)
+        norms = job.accumulator((call.batch_size,))
         engine.accumulate_sqnorm(call, columns_fn, norms)
         traces.append(norms)
     check_count(len(traces))

@@ -128,7 +128,7 @@ class NGD(torch.optim.Optimizer):
 
     # -- the step ------------------------------------------------------------------------------
     @torch.no_grad()
-    def step(
+    def step(  # type: ignore[override]  # NGD's step also takes the empirical Fisher's targets
         self, closure: Callable[[], Tensor] | None = None, targets: Tensor | Sequence[Tensor] | None = None
     ) -> Tensor | None:
         """One update; ``closure`` re-evaluates the loss (with gradients) if given; ``targets``
@@ -175,7 +175,7 @@ class NGD(torch.optim.Optimizer):
                 update = buffer
             parameter.add_(update, alpha=-group["lr"] * scale)
         if adapting:
-            assert loss is not None and closure is not None
+            assert loss is not None and closure is not None and isinstance(damping, LevenbergMarquardt)
             changes = {id(p): p - before[id(p)] for _, p in stepped}
             self._adapt_damping(damping, closure, loss, raw, changes)
         return loss

@@ -182,7 +182,7 @@ class NGDPreconditioner:
                     "forward(s) since the last step; pass one target tensor per forward (a list under gradient "
                     "accumulation)."
                 )
-        batches = []
+        batches: list[Any] = []
         for forward, target in zip(inputs, per_forward):
             if isinstance(forward, dict):
                 batches.append(forward if target is None else {**forward, "labels": target})
@@ -349,7 +349,9 @@ def distributed_inverse(
         owner = index % world
         payload = [block.inverse(block_damping, pi_damping).state() if owner == rank else None]
         dist.broadcast_object_list(payload, src=owner)
-        blocks.append(Block.from_state(payload[0]).map(lambda t: t.to(device)))
+        state = payload[0]
+        assert state is not None  # broadcast by its owner
+        blocks.append(Block.from_state(state).map(lambda t: t.to(device)))
     return fisher._with_blocks(blocks)
 
 

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fisherkit.curvature.block import tensor_sum
+
 
 class Regularizer(ABC):
     """A penalty that keeps a model near what earlier tasks needed.
@@ -46,7 +48,7 @@ class Regularizer(ABC):
         terms = self.penalty_terms()
         if not terms:
             return next(self.model.parameters()).new_zeros(())
-        return sum(terms.values())
+        return tensor_sum(terms.values())
 
     def breakdown(self) -> dict[str, float]:
         """The penalty per parameter group, as numbers (diagnostics)."""

@@ -48,10 +48,10 @@ class TorchFuncRule(LayerRule):
     def per_sample_grads(
         self, module: nn.Module, call: LayerCall, grad_output: OutputGrad, names: Collection[str]
     ) -> dict[str, Tensor]:
-        names = [n for n in names if _parameter(module, n) is not None]
+        params = {name: found.detach() for name in names if (found := _parameter(module, name)) is not None}
+        names = list(params)
         if not names:
             return {}
-        params = {name: _parameter(module, name).detach() for name in names}
         grads = (grad_output,) if isinstance(grad_output, Tensor) else tuple(grad_output)
         dims = batch_dims(call.args, call.kwargs, call.batch_size)
         axes = self._batch_axes(module, call, dims)
@@ -64,7 +64,7 @@ class TorchFuncRule(LayerRule):
             def forward(p: dict[str, Tensor]) -> tuple[Tensor, ...]:
                 return _output_tensors(functional_call(module, p, args, kwargs))
 
-            _, pullback = vjp(forward, params)
+            pullback = vjp(forward, params)[1]
             cotangents = tuple(c.unsqueeze(axis + 1) for c, axis in zip(columns, axes))
             return vmap(pullback)(cotangents)[0]
 
@@ -115,7 +115,7 @@ def _looped_per_sample_grads(
         def forward(p: dict[str, Tensor], args: tuple = args, kwargs: dict[str, Any] = kwargs) -> tuple[Tensor, ...]:
             return _output_tensors(functional_call(module, p, args, kwargs))
 
-        _, pullback = vjp(forward, params)
+        pullback = vjp(forward, params)[1]
         per_column = [
             pullback(tuple(g[k].narrow(axis, n, 1) for g, axis in zip(grads, axes)))[0] for k in range(columns)
         ]

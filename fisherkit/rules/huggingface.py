@@ -7,6 +7,7 @@ it looks up a rule while ``transformers`` is in ``sys.modules`` (a model from it
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import cast
 
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
@@ -45,4 +46,4 @@ class Conv1DRule(LinearRule):
     def kronecker_layout(self, module: nn.Module, names: Collection[str]) -> KroneckerLayout | None:
         if not requested(names, module, "weight"):
             return None
-        return KroneckerLayout(1, module.nf, requested(names, module, "bias"), transposed=True)
+        return KroneckerLayout(1, cast(Conv1D, module).nf, requested(names, module, "bias"), transposed=True)

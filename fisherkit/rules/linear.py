@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +56,7 @@ class LinearRule(LayerRule):
     def kronecker_layout(self, module: nn.Module, names: Collection[str]) -> KroneckerLayout | None:
         if not requested(names, module, "weight"):
             return None
-        return KroneckerLayout(1, module.out_features, requested(names, module, "bias"))
+        return KroneckerLayout(1, cast(nn.Linear, module).out_features, requested(names, module, "bias"))
 
     def kronecker_inputs(self, module: nn.Module, call: LayerCall) -> Iterator[Tensor]:
         yield flatten_positions(call.input, 1, 1).unsqueeze(1)

@@ -104,15 +104,17 @@ def load_idx_directory(directory: str | Path, name: str | None = None, max_bytes
         ) from None
     arrays = {key: read_idx(path, max_bytes) for key, path in paths.items()}
     for split in ("train", "test"):
-        images, labels = paths[f"{split}_images"], paths[f"{split}_labels"]
+        image_path, label_path = paths[f"{split}_images"], paths[f"{split}_labels"]
         image_array, label_array = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if image_array.ndim < 2 or label_array.ndim != 1:
             raise IdxFileError(
-                f"{images} and {labels}: need images of shape (N, H, W) and labels of shape (N,); got "
+                f"{image_path} and {label_path}: need images of shape (N, H, W) and labels of shape (N,); got "
                 f"{image_array.shape} and {label_array.shape}."
             )
         if len(image_array) != len(label_array):
-            raise IdxFileError(f"{images} holds {len(image_array)} images but {labels} {len(label_array)} labels.")
+            raise IdxFileError(
+                f"{image_path} holds {len(image_array)} images but {label_path} {len(label_array)} labels."
+            )
     if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
         raise IdxFileError(
             f"{paths['train_images']} holds images of shape {arrays['train_images'].shape[1:]} but "

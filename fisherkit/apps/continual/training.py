@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from fisherkit.apps.continual.model import MaskedMLP
 from fisherkit.apps.continual.scenarios import Scenario, Split, Task
+from fisherkit.curvature.block import tensor_sum
 from fisherkit.regularizers.regularizer import Regularizer
 
 
@@ -91,12 +92,12 @@ def train_jointly(model: MaskedMLP, tasks: list[Task], config: TrainConfig, gene
         per_task = [_batches(task.train, config.batch_size, generator) for task in tasks]
         for step in range(max(len(b) for b in per_task)):
             optimizer.zero_grad()
-            loss = 0.0
+            losses = []
             for task, batches in zip(tasks, per_task):
                 x, y = batches[step % len(batches)]
                 model.active = task.active
-                loss = loss + nn.functional.cross_entropy(model(x), y)
-            loss.backward()
+                losses.append(nn.functional.cross_entropy(model(x), y))
+            tensor_sum(losses).backward()
             optimizer.step()
 
 

@@ -120,7 +120,8 @@ def persample_sqnorm_op(out: Tensor, grad_output: Tensor, inputs: Tensor, scale:
     else:
         tiles = (grid_size(out_features, config.rows), grid_size(in_features, config.cols))
         partial = torch.empty(columns * samples, tiles[0] * tiles[1], dtype=torch.float32, device=out.device)
-        persample_sqnorm_tiles_kernel[(columns * samples, *tiles)](
+        grid = (columns * samples, *tiles)
+        persample_sqnorm_tiles_kernel[grid](
             grad_output, inputs, partial, *shape,
             BLOCK_O=config.rows, BLOCK_I=config.cols, BLOCK_T=config.reduce, **launch,
         )  # fmt: skip

@@ -66,7 +66,8 @@ def sqgrad_accumulate_op(out: Tensor, grad_output: Tensor, inputs: Tensor, scale
     # 4096 × 4096 layer has 2,048 tiles: one 64 MB partial instead of sixteen, 1 GB).
     splits = min(samples, MAX_SPLITS, -(-TARGET_PROGRAMS // (tiles[0] * tiles[1])))
     partial = torch.empty(splits, out_features, in_features, dtype=torch.float32, device=out.device)
-    sqgrad_accumulate_kernel[(*tiles, splits)](
+    grid = (*tiles, splits)
+    sqgrad_accumulate_kernel[grid](
         grad_output, inputs, partial,
         columns, samples, positions, out_features, in_features, splits,
         *grad_output.stride(), *inputs.stride(),
