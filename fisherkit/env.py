@@ -7,6 +7,7 @@ import platform
 
 import torch
 
+from fisherkit import __version__
 from fisherkit.ops.extension import extension_status
 
 
@@ -33,8 +34,6 @@ def _cuda_status() -> str:
 
 def report() -> str:
     """The environment report as text."""
-    from fisherkit import __version__
-
     extension = extension_status()
     lines = [
         f"fisherkit   {__version__}",

@@ -30,7 +30,7 @@ def _data(seed: int, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _exact(model: nn.Module, **options) -> fk.NGD:
     """NGD whose step is a closed form: exact Fisher of the last step's batches, no averaging, no clipping."""
-    settings = {"structure": "block", "fisher_type": "exact", "ema_decay": 0.0, "stats_every": 1}
+    settings = {"structure": "block", "fisher_type": "exact", "ema_decay": 0.0, "stats_every": 1, "inverse_every": 1}
     return fk.NGD(model, kl_clip=None, pi_damping=False, **{**settings, **options})
 
 
@@ -256,3 +256,17 @@ def test_the_default_settings_train_a_small_bert_without_diverging():
 def test_bad_settings_are_refused_at_construction(options, error, words):
     with pytest.raises(error, match=words):
         fk.NGD(_mlp(), **options)
+
+
+def test_a_learning_rate_scheduler_sets_the_step_ngd_takes():
+    model = _mlp()
+    optimizer = _exact(model, lr=0.4, damping=0.2)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.25)
+    x, y = _data(9)
+    for lr in (0.4, 0.1):  # the scheduler's value at each step, not the constructor's
+        optimizer.zero_grad()
+        _cross_entropy_backward(model, x, y)
+        expected = _expected_step(model, x, [(lr, 0.0, 0.2)] * 2)
+        optimizer.step()
+        scheduler.step()
+        torch.testing.assert_close(_flat(model.parameters()), expected)

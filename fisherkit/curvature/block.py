@@ -126,7 +126,7 @@ class Block(ABC):
 
     def __add__(self, other: Block) -> Block:
         """The exact sum; kinds without a closed sum give a ``SumBlock``."""
-        from fisherkit.curvature.sum_block import SumBlock
+        from fisherkit.curvature.sum_block import SumBlock  # a true cycle: a SumBlock is a Block
 
         return SumBlock.of(self, other)
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from fisherkit.curvature.block import Block, TensorList, check_damping, dense_damped, tensor_sum
+from fisherkit.curvature.dense_block import DenseBlock
 
 
 @dataclasses.dataclass(eq=False)
@@ -42,8 +43,6 @@ class SumBlock(Block):
         return self.unflatten(torch.linalg.solve(damped, flat))
 
     def inverse(self, damping: float, pi_damping: bool = False) -> Block:
-        from fisherkit.curvature.dense_block import DenseBlock
-
         return DenseBlock(self.names, self.shapes, torch.linalg.inv(dense_damped(self, check_damping(damping))))
 
     def diagonal(self) -> TensorList:

@@ -18,6 +18,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fisherkit.ops.triton import interpreting
+
 
 @dataclass(frozen=True)
 class LaunchConfig:
@@ -74,8 +76,6 @@ def grid_size(size: int, block: int) -> int:
 
 def device_refusal(*tensors: Tensor) -> str | None:
     """Why Triton cannot run on these tensors' device, or None (CUDA, or CPU in the interpreter)."""
-    from fisherkit.ops.triton import interpreting
-
     if all(t.is_cuda for t in tensors) or (interpreting() and all(t.device.type == "cpu" for t in tensors)):
         return None
     return "Triton runs on CUDA tensors (CPU tensors only in its interpreter, TRITON_INTERPRET=1)"
