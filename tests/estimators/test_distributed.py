@@ -22,7 +22,7 @@ def _free_port() -> str:
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     path = tmp_path / "fisher.pt"
-    worker = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
+    worker = os.path.join(os.path.dirname(os.path.dirname(__file__)), "distributed_worker.py")  # tests/
     subprocess.run([sys.executable, worker, _free_port(), str(path)], check=True, timeout=300)
     distributed = torch.load(path)
     model, x, y = model_and_data()
