@@ -81,6 +81,17 @@ def device_refusal(*tensors: Tensor) -> str | None:
     return "Triton runs on CUDA tensors (CPU tensors only in its interpreter, TRITON_INTERPRET=1)"
 
 
+def layer_refusal(out: Tensor, grad_output: Tensor, inputs: Tensor, single_position: str) -> str | None:
+    """Why a Triton layer op (``sqgrad_accumulate``, ``persample_sqnorm``) cannot serve a call: it
+    takes float32 accumulators with shared positions (T > 1) on its devices; ``single_position``
+    says what serves T = 1."""
+    if out.dtype != torch.float32:
+        return f"its kernels accumulate in float32, out is {out.dtype} (the reference serves float64)"
+    if grad_output.shape[2] == 1:
+        return single_position
+    return device_refusal(out, grad_output, inputs)
+
+
 @triton.jit
 def dot(left, right, HALF_INPUTS: tl.constexpr):
     """left @ right in float32: tensor cores for half inputs, ``ieee`` precision otherwise."""

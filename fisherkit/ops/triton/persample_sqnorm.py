@@ -10,11 +10,11 @@ from torch import Tensor
 
 from fisherkit.ops.dispatch import Implementation, register_implementation
 from fisherkit.ops.triton.common import (
-    device_refusal,
     dot,
     grid_size,
     kernel_operands,
     launch_config,
+    layer_refusal,
     lower_triangle_tiles,
     offset_64,
     per_sample_tile,
@@ -144,11 +144,7 @@ def persample_sqnorm_triton(
 
 def refusal(out: Tensor, grad_output: Tensor, inputs: Tensor, *options: object) -> str | None:
     """Triton serves float32 accumulators with shared positions (T > 1) on its devices."""
-    if out.dtype != torch.float32:
-        return f"its kernels accumulate in float32, out is {out.dtype} (the reference serves float64)"
-    if grad_output.shape[2] == 1:
-        return "T = 1 is the closed form ‖g‖²‖a‖², which the reference computes"
-    return device_refusal(out, grad_output, inputs)
+    return layer_refusal(out, grad_output, inputs, "T = 1 is the closed form ‖g‖²‖a‖², which the reference computes")
 
 
 register_implementation(Implementation("persample_sqnorm", "triton", persample_sqnorm_triton, refusal))

@@ -10,10 +10,10 @@ from torch import Tensor
 
 from fisherkit.ops.dispatch import Implementation, register_implementation
 from fisherkit.ops.triton.common import (
-    device_refusal,
     grid_size,
     kernel_operands,
     launch_config,
+    layer_refusal,
     offset_64,
     per_sample_tile,
 )
@@ -94,11 +94,7 @@ def sqgrad_accumulate_triton(
 
 def refusal(out: Tensor, grad_output: Tensor, inputs: Tensor, *options: object) -> str | None:
     """Triton serves float32 accumulators with shared positions (T > 1) on its devices."""
-    if out.dtype != torch.float32:
-        return f"its kernel accumulates in float32, out is {out.dtype} (the reference serves float64)"
-    if grad_output.shape[2] == 1:
-        return "T = 1 is one GEMM, which the reference runs on cuBLAS"
-    return device_refusal(out, grad_output, inputs)
+    return layer_refusal(out, grad_output, inputs, "T = 1 is one GEMM, which the reference runs on cuBLAS")
 
 
 register_implementation(Implementation("sqgrad_accumulate", "triton", sqgrad_accumulate_triton, refusal))
