@@ -1,8 +1,7 @@
-"""The contract shared by the engines that turn a batch into squared per-sample gradient sums."""
+"""What the engines share: how a batch calls the model (``ModelCall``) and the types of their arguments."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -65,27 +64,3 @@ class ModelCall:
     def tensors(self) -> list[Tensor]:
         """Every input tensor."""
         return [v for v in (*self.args, *self.kwargs.values()) if isinstance(v, Tensor)]
-
-
-class Engine(ABC):
-    """Adds Σ_{k,n} (∇_θ s_{k,n}·f_n)² of one batch into per-parameter accumulators.
-
-    The columns s (``(K, B, *output.shape[1:])``) come from ``columns_fn(output)``, so the Fisher
-    type lives with the estimator and the engine only differentiates.
-    """
-
-    @abstractmethod
-    def accumulate_sqgrad(self, call: ModelCall, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:
-        """Adds the batch's squared per-sample gradients into ``sums`` (keyed by parameter name,
-        float32 or float64, parameter-shaped) and returns the batch size."""
-
-    @abstractmethod
-    def accumulate_sqnorm(self, call: ModelCall, columns_fn: ColumnsFn, norms: Tensor) -> int:
-        """Adds Σ_k ‖∇_θ(s_{k,n}·f_n)‖² of every sample n into ``norms`` (``(B,)``, float32 or
-        float64) and returns the batch size."""
-
-    @abstractmethod
-    def per_sample_grads(self, call: ModelCall, columns_fn: ColumnsFn, consume: PerSampleConsumer) -> int:
-        """Calls ``consume`` with ``{name: (M, *param.shape)}`` per-sample gradients ∇_θ(s_{k,n}·f_n),
-        M rows per chunk (columns × samples, the same row order for every name), chunk by chunk
-        within the memory budget; returns the batch size."""

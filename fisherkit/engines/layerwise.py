@@ -7,12 +7,14 @@ import torch
 from torch import Tensor, nn
 
 from fisherkit.capture import Capture
-from fisherkit.engines.base import ColumnsFn, Engine, ModelCall, PerSampleConsumer
-from fisherkit.engines.tied import TiedUse, accumulate_tied_sqgrad, summed_per_sample_grads
+from fisherkit.engines.base import ColumnsFn, ModelCall
+from fisherkit.engines.engine import Engine
+from fisherkit.engines.tied import TiedUse
+from fisherkit.engines.visitors import Visitor
 from fisherkit.errors import UnsupportedModelError
 from fisherkit.plan import Plan, PlanEntry
 from fisherkit.rules import TorchFuncRule
-from fisherkit.rules.base import LayerCall, OutputGrad, leading_grad
+from fisherkit.rules.base import LayerCall, OutputGrad
 
 
 class LayerwiseEngine(Engine):
@@ -40,7 +42,7 @@ class LayerwiseEngine(Engine):
             output = call(self.model)
         return capture, output
 
-    def visit(self, call: ModelCall, columns_fn: ColumnsFn, visitor: LayerVisitor) -> int:
+    def visit(self, call: ModelCall, columns_fn: ColumnsFn, visitor: Visitor) -> int:
         """Runs the batch and shows ``visitor`` every layer's inputs once and its output gradients
         once per column chunk, and the per-sample gradients of tied parameters summed over the
         modules sharing them; returns the batch size."""
@@ -73,15 +75,6 @@ class LayerwiseEngine(Engine):
                     capture.calls[entry.module] = []
             visitor.chunk_done()
         return output.shape[0]
-
-    def accumulate_sqgrad(self, call: ModelCall, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:
-        return self.visit(call, columns_fn, _SquaredGradients(sums))
-
-    def accumulate_sqnorm(self, call: ModelCall, columns_fn: ColumnsFn, norms: Tensor) -> int:
-        return self.visit(call, columns_fn, _SquaredNorms(norms))
-
-    def per_sample_grads(self, call: ModelCall, columns_fn: ColumnsFn, consume: PerSampleConsumer) -> int:
-        return self.visit(call, columns_fn, _PerSampleGradients(consume))
 
     @staticmethod
     def _output_grads(
@@ -116,43 +109,6 @@ class LayerwiseEngine(Engine):
                     per_output.append(grad if batched else grad.unsqueeze(0))
             shaped.append(per_output[0] if len(per_output) == 1 else tuple(per_output))
         return shaped
-
-
-class LayerVisitor:
-    """What an estimator does with a batch's captured layers (every method may be left as is)."""
-
-    def inputs(self, entry: PlanEntry, calls: list[LayerCall]) -> None:
-        """Called once per batch with a module's captured calls, before any gradient."""
-
-    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[OutputGrad]) -> None:
-        """Called once per column chunk with ``(K, B, ...)`` output gradients, one per call, for the
-        module's ``own_names`` (the parameters no other module shares)."""
-
-    def tied_uses(self, name: str, uses: list[TiedUse]) -> None:
-        """Called once per column chunk with every use of a tied parameter; by default hands their
-        summed per-sample gradients to ``tied`` (visitors with a cheaper form override this)."""
-        self.tied(name, summed_per_sample_grads(uses))
-
-    def tied(self, name: str, grads: Tensor) -> None:
-        """The ``(K, B, *shape)`` per-sample gradients of a tied parameter, summed over every module
-        that uses it. A visitor must handle them: none may be dropped, so the default raises."""
-        raise NotImplementedError(f"{type(self).__name__} does not handle the tied parameter {name!r}")
-
-    def chunk_done(self) -> None:
-        """Called after every module has seen a column chunk."""
-
-
-def entry_per_sample_grads(
-    entry: PlanEntry, calls: list[LayerCall], grads: list[OutputGrad], names: list[str] | None = None
-) -> dict[str, Tensor]:
-    """``{full parameter name: (K, B, *shape)}`` per-sample gradients of one module's ``names``
-    (default: its ``own_names``), summed over its calls."""
-    total: dict[str, Tensor] = {}
-    wanted = entry.own_names if names is None else names
-    for call, grad in zip(calls, grads):
-        for name, value in entry.rule.per_sample_grads(entry.module, call, grad, wanted).items():
-            total[name] = total[name] + value if name in total else value
-    return {entry.full_name(name): value for name, value in total.items()}
 
 
 def tied_uses(entries: list[PlanEntry], capture: Capture, by_call: dict[int, OutputGrad]) -> dict[str, list[TiedUse]]:
@@ -221,70 +177,3 @@ def _accumulator_uses(output: Tensor) -> dict[int, int]:
                 seen.add(id(child))
                 stack.append(child)
     return uses
-
-
-def accumulate_entry_sqgrad(
-    entry: PlanEntry, calls: list[LayerCall], grads: list[OutputGrad], out: dict[str, Tensor]
-) -> None:
-    """Adds one module's squared per-sample gradient sums into ``out`` (keyed by direct name); a
-    module called several times in one forward gets its per-call gradients added before squaring."""
-    if len(calls) == 1:
-        entry.rule.accumulate_sqgrad(entry.module, calls[0], grads[0], out)
-        return
-    for name, value in entry_per_sample_grads(entry, calls, grads).items():
-        local = name.rsplit(".", 1)[-1]
-        out[local].add_(value.square().sum((0, 1)))
-
-
-class _SquaredGradients(LayerVisitor):
-    def __init__(self, sums: dict[str, Tensor]) -> None:
-        self.sums = sums
-
-    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[OutputGrad]) -> None:
-        out = {name: self.sums[entry.full_name(name)] for name in entry.own_names}
-        accumulate_entry_sqgrad(entry, calls, grads, out)
-
-    def tied_uses(self, name: str, uses: list[TiedUse]) -> None:
-        accumulate_tied_sqgrad(uses, self.sums[name])
-
-
-class _SquaredNorms(LayerVisitor):
-    """Adds every module's Σ_k ‖per-sample gradient‖² into ``norms`` (``(B,)``); a module called
-    several times in one forward gets its per-call gradients added before the norm is taken."""
-
-    def __init__(self, norms: Tensor) -> None:
-        self.norms = norms
-
-    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[OutputGrad]) -> None:
-        if len(calls) == 1:
-            out = self.norms.new_zeros(leading_grad(grads[0]).shape[:2])
-            entry.rule.accumulate_sqnorm(entry.module, calls[0], grads[0], entry.own_names, out)
-            self.norms.add_(out.sum(0))
-            return
-        for value in entry_per_sample_grads(entry, calls, grads).values():
-            self._add(value)
-
-    def tied(self, name: str, grads: Tensor) -> None:
-        self._add(grads)
-
-    def _add(self, grads: Tensor) -> None:
-        self.norms.add_(grads.to(self.norms.dtype).flatten(2).square().sum((0, 2)))
-
-
-class _PerSampleGradients(LayerVisitor):
-    """Collects every module's per-sample gradients of a column chunk and hands them on together."""
-
-    def __init__(self, consume: PerSampleConsumer) -> None:
-        self.consume = consume
-        self.chunk: dict[str, Tensor] = {}
-
-    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[OutputGrad]) -> None:
-        for name, value in entry_per_sample_grads(entry, calls, grads).items():
-            self.chunk[name] = value.flatten(0, 1)
-
-    def tied(self, name: str, grads: Tensor) -> None:
-        self.chunk[name] = grads.flatten(0, 1)
-
-    def chunk_done(self) -> None:
-        self.consume(self.chunk)
-        self.chunk = {}

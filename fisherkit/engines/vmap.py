@@ -6,7 +6,6 @@ materializing per-sample gradients chunk by chunk.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,7 +13,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 
 from fisherkit.batch_axis import add_batch_axis
-from fisherkit.engines.base import ColumnsFn, Engine, ModelCall, PerSampleConsumer
+from fisherkit.engines.base import ColumnsFn, ModelCall
+from fisherkit.engines.engine import Engine
+from fisherkit.engines.visitors import Visitor
 
 
 class VmapEngine(Engine):
@@ -31,21 +32,9 @@ class VmapEngine(Engine):
         self.names = names
         self.memory_budget = memory_budget
 
-    def per_sample_grads(self, call: ModelCall, columns_fn: ColumnsFn, consume: PerSampleConsumer) -> int:
-        def flatten(_: slice, grads: dict[str, Tensor]) -> None:
-            consume({name: g.flatten(0, 1) for name, g in grads.items()})
-
-        return self._visit(call, columns_fn, flatten)
-
-    def accumulate_sqnorm(self, call: ModelCall, columns_fn: ColumnsFn, norms: Tensor) -> int:
-        def add_norms(part: slice, grads: dict[str, Tensor]) -> None:
-            for g in grads.values():
-                norms[part].add_(g.to(norms.dtype).flatten(1).square().sum(1))
-
-        return self._visit(call, columns_fn, add_norms)
-
-    def _visit(self, call: ModelCall, columns_fn: ColumnsFn, each: Callable[[slice, dict[str, Tensor]], None]) -> int:
-        """Calls ``each(samples, {name: (b, K, *param.shape)})`` chunk by chunk; returns the batch size."""
+    def visit(self, call: ModelCall, columns_fn: ColumnsFn, visitor: Visitor) -> int:
+        """Calls ``visitor.per_sample(samples, {name: (b, K, *param.shape)})`` chunk by chunk of
+        samples; returns the batch size."""
         named = dict(self.model.named_parameters())
         params = {name: named[name].detach() for name in self.names}
         with torch.no_grad():
@@ -69,12 +58,5 @@ class VmapEngine(Engine):
         for start in range(0, batch, chunk):
             part = slice(start, start + chunk)
             rows = call.rows(part)
-            each(part, per_sample(rows.args, rows.kwargs, columns[:, part]))
+            visitor.per_sample(part, per_sample(rows.args, rows.kwargs, columns[:, part]))
         return batch
-
-    def accumulate_sqgrad(self, call: ModelCall, columns_fn: ColumnsFn, sums: dict[str, Tensor]) -> int:
-        def add_squares(grads: dict[str, Tensor]) -> None:
-            for name, g in grads.items():
-                sums[name].add_(g.square().sum(0))
-
-        return self.per_sample_grads(call, columns_fn, add_squares)

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from fisherkit.curvature import Curvature, DiagonalBlock, EigenKroneckerBlock, KroneckerBlock
 from fisherkit.curvature.block import Block
 from fisherkit.curvature.kronecker_layout import KroneckerLayout
-from fisherkit.engines.layerwise import LayerVisitor, accumulate_entry_sqgrad, entry_per_sample_grads
 from fisherkit.engines.tied import TiedUse, accumulate_tied_sqgrad
+from fisherkit.engines.visitors import Visitor, accumulate_entry_sqgrad, entry_per_sample_grads
 from fisherkit.estimators.common import Estimation, check_count, check_finite, run_estimator
 from fisherkit.estimators.distributed import all_reduce_sums
 from fisherkit.likelihoods import Likelihood
@@ -120,7 +120,7 @@ class _Factors:
         self.grad_buffer.flush()
 
 
-class _FactorVisitor(LayerVisitor):
+class _FactorVisitor(Visitor):
     """First pass: Kronecker factors for modules with a Kronecker rule, squared gradients for the rest."""
 
     def __init__(self, factors: dict[int, _Factors], diagonal_sums: dict[str, Tensor]) -> None:
@@ -148,7 +148,7 @@ class _FactorVisitor(LayerVisitor):
         accumulate_tied_sqgrad(uses, self.diagonal_sums[name])
 
 
-class _ScalingVisitor(LayerVisitor):
+class _ScalingVisitor(Visitor):
     """Second pass of EKFAC: squared per-sample gradients in each Kronecker eigenbasis."""
 
     def __init__(self, blocks: dict[int, KroneckerBlock], sums: dict[int, Tensor]) -> None:
@@ -209,7 +209,7 @@ def _estimate_factors(
     factors = _kronecker_entries(job, approximation)
     covered = {name for f in factors.values() for name in f.names}
     diagonal_sums = {n: job.accumulator(p.shape) for n, p in job.parameters.items() if n not in covered}
-    engine = job.layerwise_engine()
+    engine = job.engine()
     visitor = _FactorVisitor(factors, diagonal_sums)
     count = 0
     for call, columns_fn in job.batches(data, description):
@@ -332,7 +332,7 @@ def estimate_ekfac(job: Estimation, data: Any, approximation: str = "expand") ->
     kronecker = {key: _kronecker_block(job, f) for key, f in factors.items()}
     sums = {key: job.accumulator((b.groups, b.rows, f.grads.shape[-1] if f.diagonal_input else f.inputs.shape[-1]))
             for (key, b), f in zip(kronecker.items(), factors.values())}  # fmt: skip
-    engine = job.layerwise_engine()
+    engine = job.engine()
     visitor = _ScalingVisitor(kronecker, sums)
     second = 0
     for call, columns_fn in job.batches(data, "EKFAC scalings"):

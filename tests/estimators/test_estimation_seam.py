@@ -143,3 +143,13 @@ def test_the_parameters_option_estimates_a_subnetwork_and_needs_no_rule_elsewher
         fk.diagonal_fisher(model, x, parameters=["3.wieght"])
     with pytest.raises(TypeError, match=r"parameters must be a sequence of parameter names"):
         fk.diagonal_fisher(model, x, parameters="3.weight")
+
+
+def test_the_layer_structures_refuse_the_vmap_engine_instead_of_ignoring_it():
+    model, x, _ = _model_and_data()
+    for estimate in (fk.kfac_fisher, fk.ekfac_fisher):
+        with pytest.raises(fk.UnsupportedModelError, match=r"needs each layer's inputs.*engine='auto' or 'layerwise'"):
+            estimate(model, x, engine="vmap")
+    vmap = fk.diagonal_fisher(model, x, engine="vmap", fisher_type="exact")  # the same visits, without layers
+    oracle = brute_force_diagonal(copy.deepcopy(model), x, "categorical", "exact")
+    torch.testing.assert_close(_flat(vmap.diagonal()), _flat(oracle))
