@@ -208,11 +208,19 @@ class NGD(torch.optim.Optimizer):
         damping.adapt(float(after) - float(loss), predicted)
 
     def state_dict(self) -> dict[str, Any]:
+        """torch's optimizer state and the preconditioner's; the groups' dampings stay with the
+        optimizer (a schedule may be a lambda; an adaptive damping's value is in the preconditioner's state)."""
         assert self.preconditioner is not None
-        return {**super().state_dict(), "preconditioner": self.preconditioner.state_dict()}
+        state = super().state_dict()
+        for group in state["param_groups"]:
+            group.pop("damping", None)
+        return {**state, "preconditioner": self.preconditioner.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         assert self.preconditioner is not None
         state_dict = dict(state_dict)
         self.preconditioner.load_state_dict(state_dict.pop("preconditioner"))
+        dampings = [group["damping"] for group in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, damping in zip(self.param_groups, dampings):
+            group["damping"] = damping

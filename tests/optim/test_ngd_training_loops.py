@@ -270,3 +270,18 @@ def test_a_learning_rate_scheduler_sets_the_step_ngd_takes():
         optimizer.step()
         scheduler.step()
         torch.testing.assert_close(_flat(model.parameters()), expected)
+
+
+def test_a_state_with_scheduled_dampings_saves_and_resumes():
+    import io
+
+    model = _mlp()
+    optimizer = _exact(model, damping=lambda step: 0.5 / (1 + step))
+    x, y = _data(10)
+    _cross_entropy_backward(model, x, y)
+    optimizer.step()
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)  # the lambda is not part of the state
+    resumed = _exact(model, damping=lambda step: 0.5 / (1 + step))
+    resumed.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=False))
+    assert callable(resumed.param_groups[0]["damping"]) and resumed.preconditioner.steps == 1
