@@ -25,6 +25,25 @@ def ngd_statistics(model: nn.Module, x: torch.Tensor) -> fk.Curvature:
     return preconditioner.fisher
 
 
+SI_STEPS = 3
+
+
+def si_omega(shards: list[tuple[torch.Tensor, torch.Tensor]], parallel: bool) -> dict[str, torch.Tensor]:
+    """SI's ω after SGD steps on a fresh model: each rank on its shard through DistributedDataParallel
+    (``parallel``), or one process on the mean of the shards' mean losses (what DDP averages)."""
+    model, _, _ = model_and_data()
+    si = fk.SynapticIntelligence(model, strength=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
+    si.begin_task(optimizer)
+    trained = nn.parallel.DistributedDataParallel(model) if parallel else model
+    for _ in range(SI_STEPS):
+        optimizer.zero_grad()
+        losses = [nn.functional.cross_entropy(trained(x), y) for x, y in shards]
+        (sum(losses) / len(losses)).backward()
+        optimizer.step()
+    return {name: value.clone() for name, value in si.omega.items()}
+
+
 def model_and_data():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
@@ -48,8 +67,10 @@ def run(rank: int, world: int, port: str, path: str) -> None:
     statistics = ngd_statistics(model, x[shard])
     results[("NGDPreconditioner", "exact")] = statistics.state_dict()
     results[("NGD inverse", "exact")] = distributed_inverse(statistics, 0.1, False, torch.device("cpu")).to_dense()
+    omega = si_omega([data], parallel=True)
     if rank == 0:
         torch.save(results, path)
+    torch.save(omega, f"{path}.si-rank{rank}")
     dist.destroy_process_group()
 
 

@@ -23,7 +23,9 @@ class SynapticIntelligence(Regularizer):
     accumulated micro-batches, with exactly the penalty's gradient removed however the loss
     weighted it. Steps a ``GradScaler`` skips count for nothing. At ``end_task``:
     Ω_k += ω_k / (Δ_k² + ξ) with Δ_k the parameter's total change over the task, and θ̃ ← θ.
-    Other terms in the loss (an EWC penalty, say) are part of g.
+    Other terms in the loss (an EWC penalty, say) are part of g. Under ``torch.distributed`` g is
+    averaged over the ranks before each step, as ``DistributedDataParallel`` averages ``.grad``, so
+    every rank keeps the same ω and Ω.
 
     Use: ``si.begin_task(optimizer, scaler=None)`` attaches step and gradient hooks (any
     ``torch.optim`` optimizer, any param groups; the training loop is unchanged apart from adding
@@ -113,6 +115,7 @@ class SynapticIntelligence(Regularizer):
     def _before_step(self) -> None:
         params = self.parameters_now(self.names)
         self._before = {n: p.detach().clone() for n, p in params.items() if p.grad is not None}
+        self.task_gradient.average_over_ranks()
 
     def _after_step(self) -> None:
         params = self.parameters_now(self.names)

@@ -7,9 +7,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.autograd import Variable
 from torch.utils.hooks import RemovableHandle
+
+from fisherkit.estimators.distributed import is_distributed
 
 PenaltyGradient = Callable[[str, Tensor], Tensor | None]
 
@@ -68,7 +71,18 @@ class TaskGradient:
             self._handles.append(parameter.register_hook(self._before_accumulation(name, parameter)))
             self._handles.append(parameter.register_post_accumulate_grad_hook(self._after_accumulation(name)))
 
+    def average_over_ranks(self) -> None:
+        """Under ``torch.distributed``, replaces every sum by its mean over the ranks — what
+        ``DistributedDataParallel`` does to ``.grad`` — so that every rank integrates the same gradient."""
+        if not is_distributed():
+            return
+        world = dist.get_world_size()
+        for name in sorted(self.sums):
+            dist.all_reduce(self.sums[name])
+            self.sums[name].div_(world)
+
     def detach(self) -> None:
+        """Stops following backward passes."""
         for handle in self._handles:
             handle.remove()
         self._handles = []

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import torch
-from distributed_worker import ESTIMATORS, model_and_data, ngd_statistics
+from distributed_worker import ESTIMATORS, model_and_data, ngd_statistics, si_omega
 from oracles import TOLERANCES
 
 import fisherkit as fk
@@ -47,3 +47,9 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
         assert [type(b) for b in got.blocks] == [type(b) for b in single.blocks]
         torch.testing.assert_close(got.to_dense(), single.to_dense(), **TOLERANCES[torch.float64], msg=name)
     assert len(distributed) == 2 * len(ESTIMATORS) + 3
+    omegas = [torch.load(f"{path}.si-rank{rank}") for rank in (0, 1)]
+    single = si_omega([(x[:7], y[:7]), (x[7:], y[7:])], parallel=False)
+    for name, value in single.items():  # every rank integrates DDP's averaged gradient: one ω
+        assert float(value.abs().max()) > 0
+        for omega in omegas:
+            torch.testing.assert_close(omega[name], value, **TOLERANCES[torch.float32])
