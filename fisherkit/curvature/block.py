@@ -74,7 +74,7 @@ class Block(ABC):
     def __post_init__(self) -> None:
         self.names = tuple(self.names)
         self.shapes = tuple(torch.Size(s) for s in self.shapes)
-        self._cache: dict[str, Any] = {}
+        self._cache: dict[Any, Any] = {}  # keyed by what the cached value depends on (a name, or (name, damping))
 
     # -- sizes and flat views -----------------------------------------------------------------
     @property

@@ -18,7 +18,7 @@ class DenseBlock(Block):
         matrix: ``(p, p)``.
     """
 
-    matrix: Tensor | None = None
+    matrix: Tensor
 
     def _damped_cholesky(self, damping: float) -> Tensor:
         damping = check_damping(damping)
