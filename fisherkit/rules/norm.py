@@ -7,6 +7,7 @@ Each layer computes y = x̂ ⊙ w + b from a normalized input x̂, so the per-sa
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -42,9 +43,9 @@ class AffineNormRule(LayerRule):
         grads = {}
         if requested(names, module, "weight"):
             x_hat = self.normalized(module, call.input.to(grad_output.dtype))
-            grads["weight"] = self._reduce(grad_output * x_hat, module.weight.shape)
+            grads["weight"] = self._reduce(grad_output * x_hat, module.get_parameter("weight").shape)
         if requested(names, module, "bias"):
-            grads["bias"] = self._reduce(grad_output, module.bias.shape)
+            grads["bias"] = self._reduce(grad_output, module.get_parameter("bias").shape)
         return grads
 
 
@@ -53,10 +54,11 @@ class LayerNormRule(AffineNormRule):
     """x̂ = (x − mean) / √(var + eps) over the trailing ``normalized_shape`` axes."""
 
     def normalized(self, module: nn.Module, x: Tensor) -> Tensor:
-        axes = tuple(range(-len(module.normalized_shape), 0))
+        norm = cast(nn.LayerNorm, module)
+        axes = tuple(range(-len(norm.normalized_shape), 0))
         mean = x.mean(axes, keepdim=True)
         var = x.var(axes, keepdim=True, unbiased=False)
-        return (x - mean) * torch.rsqrt(var + module.eps)
+        return (x - mean) * torch.rsqrt(var + norm.eps)
 
 
 @register_rule(nn.RMSNorm)
@@ -64,8 +66,9 @@ class RMSNormRule(AffineNormRule):
     """x̂ = x / √(mean(x²) + eps) over the trailing ``normalized_shape`` axes."""
 
     def normalized(self, module: nn.Module, x: Tensor) -> Tensor:
-        axes = tuple(range(-len(module.normalized_shape), 0))
-        eps = module.eps if module.eps is not None else torch.finfo(x.dtype).eps
+        norm = cast(nn.RMSNorm, module)
+        axes = tuple(range(-len(norm.normalized_shape), 0))
+        eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
         return x * torch.rsqrt(x.square().mean(axes, keepdim=True) + eps)
 
 
@@ -76,10 +79,11 @@ class GroupNormRule(AffineNormRule):
     channel_first = True
 
     def normalized(self, module: nn.Module, x: Tensor) -> Tensor:
-        grouped = x.reshape(x.shape[0], module.num_groups, -1)
+        norm = cast(nn.GroupNorm, module)
+        grouped = x.reshape(x.shape[0], norm.num_groups, -1)
         mean = grouped.mean(-1, keepdim=True)
         var = grouped.var(-1, keepdim=True, unbiased=False)
-        return ((grouped - mean) * torch.rsqrt(var + module.eps)).reshape(x.shape)
+        return ((grouped - mean) * torch.rsqrt(var + norm.eps)).reshape(x.shape)
 
 
 @register_rule(nn.modules.batchnorm._BatchNorm)
@@ -93,7 +97,9 @@ class BatchNormRule(AffineNormRule):
     channel_first = True
 
     def normalized(self, module: nn.Module, x: Tensor) -> Tensor:
+        norm = cast(nn.modules.batchnorm._BatchNorm, module)
+        assert norm.running_mean is not None and norm.running_var is not None  # build_plan refuses them missing
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        mean = module.running_mean.to(x.dtype).reshape(shape)
-        var = module.running_var.to(x.dtype).reshape(shape)
-        return (x - mean) * torch.rsqrt(var + module.eps)
+        mean = norm.running_mean.to(x.dtype).reshape(shape)
+        var = norm.running_var.to(x.dtype).reshape(shape)
+        return (x - mean) * torch.rsqrt(var + norm.eps)

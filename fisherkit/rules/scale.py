@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from fisherkit.errors import UnsupportedModelError
-from fisherkit.rules.base import LayerCall
+from fisherkit.rules.base import LayerCall, OutputGrad
 from fisherkit.rules.fallback import TorchFuncRule
 
 
@@ -46,7 +46,7 @@ class ElementwiseScaleRule(TorchFuncRule):
 
     def _normalized(self, module: nn.Module, call: LayerCall) -> Tensor | None:
         """x̂ when module(x) = x̂ ⊙ w holds for this call (to rounding), else None."""
-        weight = module.weight
+        weight = module.get_parameter("weight")
         with torch.no_grad():
             unit = functional_call(module, {"weight": torch.ones_like(weight)}, call.args, call.kwargs)
             actual = module(*call.args, **call.kwargs)
@@ -59,7 +59,7 @@ class ElementwiseScaleRule(TorchFuncRule):
         return unit
 
     def per_sample_grads(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
+        self, module: nn.Module, call: LayerCall, grad_output: OutputGrad, names: Collection[str]
     ) -> dict[str, Tensor]:
         if "weight" not in names:
             return {}
@@ -80,6 +80,7 @@ class ElementwiseScaleRule(TorchFuncRule):
                     stacklevel=2,
                 )
             return super().per_sample_grads(module, call, grad_output, names)
+        assert isinstance(grad_output, Tensor)  # x̂ ⊙ weight has one output tensor
         columns, batch = grad_output.shape[:2]
         product = grad_output * x_hat.to(grad_output.dtype)
-        return {"weight": product.reshape(columns, batch, -1, module.weight.shape[0]).sum(2)}
+        return {"weight": product.reshape(columns, batch, -1, module.get_parameter("weight").shape[0]).sum(2)}
