@@ -89,9 +89,9 @@ class EstimationOptions:
     def __post_init__(self) -> None:
         if self.fisher_type not in FISHER_TYPES:
             raise ValueError(f"unknown fisher_type {self.fisher_type!r}; choose one of {FISHER_TYPES}.")
-        _check_positive_int("mc_samples", self.mc_samples)
-        _check_positive_int("batch_size", self.batch_size)
-        _check_positive_int("memory_budget", self.memory_budget)
+        check_positive_int("mc_samples", self.mc_samples)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("memory_budget", self.memory_budget)
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; choose one of {ENGINES}.")
         if self.seed is not None and self.generator is not None:
@@ -128,6 +128,7 @@ class EstimationOptions:
         return self.likelihood
 
 
-def _check_positive_int(name: str, value: Any) -> None:
+def check_positive_int(name: str, value: Any) -> None:
+    """Raises ``ValueError`` naming ``name`` unless ``value`` is an int ≥ 1 (a bool is not)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}.")

@@ -113,8 +113,7 @@ class NGD(torch.optim.Optimizer):
 
     def _grouped_names(self) -> list[str]:
         """Names of the model's parameters in the param groups, in the model's order."""
-        grouped = {id(p) for group in self.param_groups for p in group["params"]}
-        return [n for n, p in self.model.named_parameters() if id(p) in grouped]
+        return list(self._named([p for group in self.param_groups for p in group["params"]]))
 
     def close(self) -> None:
         """Removes the recording hooks from the model (done on garbage collection too)."""
@@ -181,6 +180,7 @@ class NGD(torch.optim.Optimizer):
         return loss
 
     def _named(self, params: list[Tensor]) -> dict[str, Tensor]:
+        """{name: parameter} of ``params`` by the model's names, in the model's order."""
         ids = {id(p) for p in params}
         return {n: p for n, p in self.model.named_parameters() if id(p) in ids}
 

@@ -17,6 +17,7 @@ from fisherkit.errors import NonFiniteFisherError
 from fisherkit.estimators import EstimationOptions, fisher, get_structure
 from fisherkit.estimators.common import prepare_plan
 from fisherkit.estimators.distributed import is_distributed
+from fisherkit.estimators.options import check_positive_int
 from fisherkit.likelihoods import Likelihood
 from fisherkit.optim.damping import LevenbergMarquardt
 from fisherkit.optim.recorder import BackpropagatedForwards
@@ -106,9 +107,8 @@ class NGDPreconditioner:
         EstimationOptions(likelihood=likelihood, fisher_type=fisher_type, mc_samples=mc_samples, fallback=fallback)
         check_ema_decay(value_at(ema_decay, 0))
         check_damping(damping)
-        for name, value in (("stats_every", stats_every), ("inverse_every", inverse_every)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+        check_positive_int("stats_every", stats_every)
+        check_positive_int("inverse_every", inverse_every)
         self.model = model
         self.structure, self.fisher_type, self.likelihood = structure, fisher_type, likelihood
         self.damping, self.ema_decay, self.pi_damping = damping, ema_decay, pi_damping
@@ -142,9 +142,7 @@ class NGDPreconditioner:
         if self.structure in LAYERWISE_STRUCTURES:
             for entry in plan.unsupported:
                 for local in entry.local_names:
-                    passed[entry.canonical.get(local, f"{entry.path}.{local}" if entry.path else local)] = (
-                        f"no layer rule for {type(entry.module).__name__} (fallback=False)"
-                    )
+                    passed[entry.full_name(local)] = f"no layer rule for {type(entry.module).__name__} (fallback=False)"
         self.names = [n for n in plan.names if n not in passed]
         if not self.names:
             raise ValueError(

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves
 from torch.utils.hooks import RemovableHandle
 
 from fisherkit.engines.base import inside_estimation
@@ -65,9 +66,9 @@ class BackpropagatedForwards:
         def mark(grad: Tensor) -> None:
             record.backpropagated = True
 
-        for tensor in _tensors(output):
-            if tensor.requires_grad:
-                tensor.register_hook(mark)
+        for leaf in tree_leaves(output):  # as Capture reads outputs: tensors, nested tuples, ModelOutput
+            if isinstance(leaf, Tensor) and leaf.requires_grad:
+                leaf.register_hook(mark)
 
     def backpropagated(self) -> list[Any]:
         """The inputs of the backpropagated forwards since the last ``clear``, oldest first."""
@@ -87,14 +88,3 @@ class BackpropagatedForwards:
     @property
     def closed(self) -> bool:
         return not self._handles
-
-
-def _tensors(output: Any) -> list[Tensor]:
-    """The tensors of a model output: a tensor, a (nested) tuple/list, or a dict / ``ModelOutput``."""
-    if isinstance(output, Tensor):
-        return [output]
-    if isinstance(output, dict):
-        return [t for value in output.values() for t in _tensors(value)]
-    if isinstance(output, (tuple, list)):
-        return [t for value in output for t in _tensors(value)]
-    return []
