@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from fisherkit.errors import UnsupportedModelError
-from fisherkit.rules import LayerRule, TorchFuncRule, find_rule
+from fisherkit.rules import TorchFuncRule, find_rule
+from fisherkit.rules.registry import AnyRule
 from fisherkit.rules.scale import ElementwiseScaleRule, is_scale_candidate
 
 __all__ = ["Plan", "PlanEntry", "UnsupportedModelError", "build_plan", "explain"]
@@ -31,7 +32,7 @@ class PlanEntry:
 
     path: str
     module: nn.Module
-    rule: LayerRule | None
+    rule: AnyRule | None
     local_names: list[str]
     tied_names: list[str] = field(default_factory=list)
     canonical: dict[str, str] = field(default_factory=dict)
@@ -41,6 +42,14 @@ class PlanEntry:
         if local in self.canonical:
             return self.canonical[local]
         return f"{self.path}.{local}" if self.path else local
+
+    @property
+    def layer_rule(self) -> AnyRule:
+        """The rule, for engines that run after ``Plan.require_layerwise`` (which refuses entries
+        without one)."""
+        if self.rule is None:
+            raise UnsupportedModelError(_no_rule_message([self]))
+        return self.rule
 
     @property
     def own_names(self) -> list[str]:
@@ -86,12 +95,16 @@ class Plan:
     def require_layerwise(self) -> None:
         """Raises ``UnsupportedModelError`` unless every trainable parameter has a usable rule."""
         if self.unsupported:
-            described = ", ".join(f"{e.path or '<root>'} ({type(e.module).__name__})" for e in self.unsupported)
-            raise UnsupportedModelError(
-                f"no layer rule for module(s) with trainable parameters: {described}. Register one "
-                f"with @fisherkit.register_rule, pass fallback=True to use per-layer torch.func "
-                f"gradients for them, or use engine='vmap'."
-            )
+            raise UnsupportedModelError(_no_rule_message(self.unsupported))
+
+
+def _no_rule_message(entries: list[PlanEntry]) -> str:
+    described = ", ".join(f"{e.path or '<root>'} ({type(e.module).__name__})" for e in entries)
+    return (
+        f"no layer rule for module(s) with trainable parameters: {described}. Register one "
+        f"with @fisherkit.register_rule, pass fallback=True to use per-layer torch.func "
+        f"gradients for them, or use engine='vmap'."
+    )
 
 
 def _dropout_rate(module: nn.Module) -> float:
@@ -132,7 +145,9 @@ def check_deterministic_eval(model: nn.Module) -> None:
         )
 
 
-def build_plan(model: nn.Module, fallback: bool | None = False, only: Sequence[str] | None = None) -> Plan:
+def build_plan(
+    model: nn.Module, fallback: bool | None = False, only: Sequence[str] | None = None, layer_rules: bool = True
+) -> Plan:
     """Finds a rule for every module that owns trainable parameters.
 
     Args:
@@ -141,6 +156,8 @@ def build_plan(model: nn.Module, fallback: bool | None = False, only: Sequence[s
             warning, given by the estimators) or ``True``; ``False`` leaves them unsupported. Modules
             matched by behaviour (``ElementwiseScaleRule``) follow the same choice when their check fails.
         only: Names of the trainable parameters to plan for (a subnetwork); None: all of them.
+        layer_rules: False for estimators that differentiate the whole model and never a layer
+            (``FisherOperator``): no rule is looked up or checked, every entry's ``rule`` is None.
 
     Raises:
         ValueError: A module's own ``check`` refuses its configuration, the model is not a fixed
@@ -162,14 +179,7 @@ def build_plan(model: nn.Module, fallback: bool | None = False, only: Sequence[s
         local = [n for n, p in module.named_parameters(recurse=False) if id(p) in canonical]
         if not local:
             continue
-        rule = find_rule(module)
-        if rule is None and is_scale_candidate(module):
-            rule = ElementwiseScaleRule(f"{path or '<root>'} ({type(module).__name__})", fallback)
-        elif rule is None and fallback is not False:
-            rule = TorchFuncRule()
-        if rule is not None:
-            rule.check(module)
-        entries.append(PlanEntry(path, module, rule, local))
+        entries.append(PlanEntry(path, module, _checked_rule(path, module, fallback) if layer_rules else None, local))
     _absorb_directly_read_submodules(entries)
     _assign_shared_with_descendants(entries)
     owners: dict[int, list[PlanEntry]] = {}
@@ -189,6 +199,19 @@ def build_plan(model: nn.Module, fallback: bool | None = False, only: Sequence[s
     names = list(canonical.values())
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     return Plan([e for e in entries if e.local_names], names, frozen, tied)
+
+
+def _checked_rule(path: str, module: nn.Module, fallback: bool | None) -> AnyRule | None:
+    """The module's registered rule, else the behaviour-matched or fallback rule ``fallback``
+    allows, after the rule's ``check`` of the module."""
+    rule = find_rule(module)
+    if rule is None and is_scale_candidate(module):
+        rule = ElementwiseScaleRule(f"{path or '<root>'} ({type(module).__name__})", fallback)
+    elif rule is None and fallback is not False:
+        rule = TorchFuncRule()
+    if rule is not None:
+        rule.check(module)
+    return rule
 
 
 READS_SUBMODULE_PARAMETERS: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)

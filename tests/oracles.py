@@ -14,7 +14,20 @@ from torch.nn import functional
 TOLERANCES = {
     torch.float64: {"rtol": 1e-9, "atol": 1e-12},
     torch.float32: {"rtol": 2e-4, "atol": 1e-6},
+    torch.float16: {"rtol": 2e-3, "atol": 1e-2},
+    torch.bfloat16: {"rtol": 2e-3, "atol": 1e-2},
 }
+"""A computation in the dtype (inputs, or the matrix products a GPU kernel runs on tensor cores:
+TF32 for float32 there, which is why the GPU tests take ``TOLERANCES[torch.float16]`` for every
+dtype) against a float64 oracle on the same inputs, with float32 or float64 accumulation. The
+float16/bfloat16 atol is for sums of a few hundred products of order one."""
+
+EXACT = {"rtol": 0.0, "atol": 0.0}
+"""Bit-for-bit: the same arithmetic on the same inputs (a resumed run, a skipped step)."""
+
+ITERATIVE = {"rtol": 1e-7, "atol": 1e-9}
+"""A float64 iterative method (conjugate gradients, Lanczos) run to a residual of 1e-10 against a
+direct factorization."""
 
 
 def log_likelihood(

@@ -34,12 +34,12 @@ class EigenKroneckerBlock(Block):
         scaling: ``(groups, rows, cols)`` eigenvalues.
     """
 
-    groups: int = 1
-    rows: int = 0
-    has_bias: bool = False
-    left_basis: Tensor | None = None
-    right_basis: Tensor | None = None
-    scaling: Tensor | None = None
+    groups: int
+    rows: int
+    has_bias: bool
+    left_basis: Tensor | None
+    right_basis: Tensor | None
+    scaling: Tensor
     transposed: bool = False
 
     @property
@@ -93,7 +93,7 @@ class EigenKroneckerBlock(Block):
         """s ← βs + (1−β)s', where s' is the other block's diagonal in *this* block's eigenbasis
         (exact when both share the basis; otherwise its Frobenius-best diagonal in this basis)."""
         if not isinstance(other, EigenKroneckerBlock):
-            super().ema_(other, decay)
+            return super().ema_(other, decay)
         decay = check_decay(decay)
         left = _change_of_basis(self.left_basis, other.left_basis)
         right = _change_of_basis(self.right_basis, other.right_basis)
@@ -111,7 +111,8 @@ def _change_of_basis(mine: Tensor | None, theirs: Tensor | None) -> Tensor | Non
         return None
     if mine is None:
         return theirs
-    return transpose(mine) if theirs is None else transpose(mine) @ theirs
+    mine_t = mine.transpose(-1, -2)
+    return mine_t if theirs is None else mine_t @ theirs
 
 
 def _dense_basis(basis: Tensor | None, group: int, size: int, like: Tensor) -> Tensor:

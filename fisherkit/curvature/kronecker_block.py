@@ -42,11 +42,11 @@ class KroneckerBlock(Block):
         right: ``(groups, cols, cols)`` or diagonal ``(groups, cols)``.
     """
 
-    groups: int = 1
-    rows: int = 0
-    has_bias: bool = False
-    left: Tensor | None = None
-    right: Tensor | None = None
+    groups: int
+    rows: int
+    has_bias: bool
+    left: Tensor
+    right: Tensor
     transposed: bool = False
 
     @property
@@ -129,7 +129,7 @@ class KroneckerBlock(Block):
         """Factor-wise: L ← βL + (1−β)L', R ← βR + (1−β)R' (the KFAC convention; the product of the
         averages is not the average of the products)."""
         if not isinstance(other, KroneckerBlock):
-            super().ema_(other, decay)
+            return super().ema_(other, decay)
         decay = check_decay(decay)
         self.left.mul_(decay).add_(other.left, alpha=1 - decay)
         self.right.mul_(decay).add_(other.right, alpha=1 - decay)

@@ -77,18 +77,16 @@ class LayerwiseEngine(Engine):
         return output.shape[0]
 
     @staticmethod
-    def _output_grads(
-        output: Tensor, calls: list[LayerCall], columns: Tensor, retain: bool
-    ) -> list[Tensor | tuple[Tensor, ...]]:
+    def _output_grads(output: Tensor, calls: list[LayerCall], columns: Tensor, retain: bool) -> list[OutputGrad]:
         """``(K, B, ...)`` gradients of s·f w.r.t. every recorded layer output (zeros when unused):
         a tensor per call, or a tuple of them for a call with several output tensors."""
         batched = columns.shape[0] > 1
-        slots = [(call, index) for call in calls for index in range(len(call.output_edges))]
-        tracked = [(call, index) for call, index in slots if call.output_edges[index] is not None]
+        tracked = [(call, index) for call in calls for index, edge in enumerate(call.output_edges) if edge is not None]
+        edges = [edge for call in calls for edge in call.output_edges if edge is not None]
         grads = (
             torch.autograd.grad(
                 output,
-                [call.output_edges[index] for call, index in tracked],
+                edges,
                 grad_outputs=columns if batched else columns[0],
                 retain_graph=retain,
                 allow_unused=True,
@@ -98,7 +96,7 @@ class LayerwiseEngine(Engine):
             else ()
         )
         found = {(id(call), index): grad for (call, index), grad in zip(tracked, grads) if grad is not None}
-        shaped: list[Tensor | tuple[Tensor, ...]] = []
+        shaped: list[OutputGrad] = []
         for call in calls:
             per_output = []
             for index, shape in enumerate(call.output_shapes):

@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fisherkit.plan import PlanEntry
-from fisherkit.rules.base import LayerCall, OutputGrad, flatten_positions
+from fisherkit.rules.base import LayerCall, OutputGrad, flatten_positions, single_grad
 from fisherkit.rules.embedding import EmbeddingRule
 from fisherkit.rules.linear import LinearRule
 
@@ -35,7 +35,7 @@ class TiedUse:
         """``(K, B, *shape)`` summed over the calls."""
         total: Tensor | None = None
         for call, grad in zip(self.calls, self.grads):
-            value = self.entry.rule.per_sample_grads(self.entry.module, call, grad, [self.local])[self.local]
+            value = self.entry.layer_rule.per_sample_grads(self.entry.module, call, grad, [self.local])[self.local]
             total = value if total is None else total + value
         assert total is not None
         return total
@@ -65,20 +65,19 @@ def embedding_head_sqgrad(uses: list[TiedUse], out: Tensor) -> bool:
     embedding, head = kinds
     if type(embedding.entry.rule) is not EmbeddingRule or type(head.entry.rule) is not LinearRule:
         return False
-    if head.local != "weight" or embedding.local != "weight":
-        return False
     module = embedding.entry.module
-    embedding.entry.rule.accumulate_sqgrad(module, embedding.calls[0], embedding.grads[0], {"weight": out})
-    head.entry.rule.accumulate_sqgrad(head.entry.module, head.calls[0], head.grads[0], {"weight": out})
+    if head.local != "weight" or embedding.local != "weight" or not isinstance(module, nn.Embedding):
+        return False
+    embedding.entry.layer_rule.accumulate_sqgrad(module, embedding.calls[0], embedding.grads[0], {"weight": out})
+    head.entry.layer_rule.accumulate_sqgrad(head.entry.module, head.calls[0], head.grads[0], {"weight": out})
     tokens = embedding.calls[0].input.reshape(embedding.calls[0].input.shape[0], -1)  # (B, S)
-    grad_embedding = embedding.grads[0]
-    assert isinstance(grad_embedding, Tensor) and isinstance(head.grads[0], Tensor)
+    grad_embedding, grad_head = single_grad(embedding.grads[0]), single_grad(head.grads[0])
     columns, batch = grad_embedding.shape[:2]
     grad_embedding = grad_embedding.reshape(columns, batch, tokens.shape[1], -1).to(out.dtype)
     if module.padding_idx is not None:  # the padding row gets no embedding gradient: no cross term
         grad_embedding = grad_embedding * (tokens != module.padding_idx).unsqueeze(-1).to(out.dtype)
     head_inputs = flatten_positions(head.calls[0].input, 1, 1).to(out.dtype)  # (B, T, D)
-    head_grads = flatten_positions(head.grads[0], 2, 1).to(out.dtype)  # (K, B, T, V)
+    head_grads = flatten_positions(grad_head, 2, 1).to(out.dtype)  # (K, B, T, V)
     index = tokens.unsqueeze(0).unsqueeze(2).expand(columns, batch, head_grads.shape[2], tokens.shape[1])
     at_tokens = torch.gather(head_grads, 3, index)  # (K, B, T, S): g_{n,t,x_{n,s}}
     head_rows = at_tokens.transpose(-1, -2) @ head_inputs.unsqueeze(0)  # (K, B, S, D): H_n[x_{n,s}]

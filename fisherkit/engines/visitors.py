@@ -63,7 +63,7 @@ def entry_per_sample_grads(
     total: dict[str, Tensor] = {}
     wanted = entry.own_names if names is None else names
     for call, grad in zip(calls, grads):
-        for name, value in entry.rule.per_sample_grads(entry.module, call, grad, wanted).items():
+        for name, value in entry.layer_rule.per_sample_grads(entry.module, call, grad, wanted).items():
             total[name] = total[name] + value if name in total else value
     return {entry.full_name(name): value for name, value in total.items()}
 
@@ -74,7 +74,7 @@ def accumulate_entry_sqgrad(
     """Adds one module's squared per-sample gradient sums into ``out`` (keyed by direct name); a
     module called several times in one forward gets its per-call gradients added before squaring."""
     if len(calls) == 1:
-        entry.rule.accumulate_sqgrad(entry.module, calls[0], grads[0], out)
+        entry.layer_rule.accumulate_sqgrad(entry.module, calls[0], grads[0], out)
         return
     for name, value in entry_per_sample_grads(entry, calls, grads).items():
         local = name.rsplit(".", 1)[-1]
@@ -109,7 +109,7 @@ class SquaredNorms(Visitor):
     def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[OutputGrad]) -> None:
         if len(calls) == 1:
             out = self.norms.new_zeros(leading_grad(grads[0]).shape[:2])
-            entry.rule.accumulate_sqnorm(entry.module, calls[0], grads[0], entry.own_names, out)
+            entry.layer_rule.accumulate_sqnorm(entry.module, calls[0], grads[0], entry.own_names, out)
             self.norms.add_(out.sum(0))
             return
         for value in entry_per_sample_grads(entry, calls, grads).values():

@@ -19,11 +19,13 @@ from fisherkit.estimators.options import EstimationOptions
 from fisherkit.plan import Plan, build_plan
 
 
-def prepare_plan(model: nn.Module, fallback: bool | None, only: Sequence[str] | None = None) -> Plan:
-    """Builds the plan (for the parameters ``only``, or all trainable ones); reports frozen
-    parameters (left out of the Fisher) and modules served by the slow per-layer fallback
-    (``fallback=None``), each in one warning."""
-    plan = build_plan(model, fallback=fallback, only=only)
+def prepare_plan(
+    model: nn.Module, fallback: bool | None, only: Sequence[str] | None = None, layer_rules: bool = True
+) -> Plan:
+    """Builds the plan (for the parameters ``only``, or all trainable ones; ``layer_rules`` as in
+    ``build_plan``); reports frozen parameters (left out of the Fisher) and modules served by the
+    slow per-layer fallback (``fallback=None``), each in one warning."""
+    plan = build_plan(model, fallback=fallback, only=only, layer_rules=layer_rules)
     if not plan.names:
         raise ValueError("the model has no parameters with requires_grad=True; there is nothing to estimate.")
     meta = [n for n, p in model.named_parameters() if n in plan.names and p.is_meta]
@@ -93,9 +95,10 @@ class Estimation:
     reader: BatchReader
 
     @classmethod
-    def start(cls, model: nn.Module, options: EstimationOptions) -> Estimation:
-        """Builds the plan and the generator for ``model`` under ``options``."""
-        plan = prepare_plan(model, options.fallback, options.parameters)
+    def start(cls, model: nn.Module, options: EstimationOptions, layer_rules: bool = True) -> Estimation:
+        """Builds the plan (``layer_rules`` as in ``build_plan``) and the generator for ``model`` under
+        ``options``."""
+        plan = prepare_plan(model, options.fallback, options.parameters, layer_rules)
         device = dict(model.named_parameters())[plan.names[0]].device
         generator = make_generator(device, options.seed, options.generator)
         return cls(model, options, plan, device, generator, BatchReader(options, model))

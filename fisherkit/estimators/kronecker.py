@@ -31,7 +31,7 @@ from fisherkit.estimators.distributed import all_reduce_sums
 from fisherkit.likelihoods import Likelihood
 from fisherkit.ops import kfac_factor_update, sqgrad_accumulate
 from fisherkit.plan import PlanEntry
-from fisherkit.rules.base import LayerCall
+from fisherkit.rules.base import LayerCall, OutputGrad, single_grad
 
 APPROXIMATIONS = ("expand", "reduce")
 BUFFERED_ROWS = 2048  # rows gathered before one SYRK: a short inner dimension wastes half a GEMM's speed
@@ -74,9 +74,9 @@ class _Factors:
 
     def __init__(self, entry: PlanEntry, layout: KroneckerLayout, job: Estimation, reduce: bool) -> None:
         self.entry, self.layout = entry, layout
-        self.diagonal_input = entry.rule.input_factor_diagonal
+        self.diagonal_input = entry.layer_rule.input_factor_diagonal
         self.reduce = reduce and not self.diagonal_input
-        weight = entry.module.weight
+        weight = entry.module.get_parameter("weight")
         if self.diagonal_input:
             self.inputs = job.accumulator((1, layout.rows))
             self.grads = job.accumulator((1, weight.shape[1], weight.shape[1]))
@@ -131,18 +131,18 @@ class _FactorVisitor(Visitor):
         factors = self.factors.get(id(entry.module))
         if factors is not None:
             for call in calls:
-                for a in entry.rule.kronecker_inputs(entry.module, call):
+                for a in entry.layer_rule.kronecker_inputs(entry.module, call):
                     factors.add_inputs(a)
 
-    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
+    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[OutputGrad]) -> None:
         factors = self.factors.get(id(entry.module))
         if factors is None:
             out = {name: self.diagonal_sums[entry.full_name(name)] for name in entry.own_names}
             accumulate_entry_sqgrad(entry, calls, grads, out)
             return
         for call, grad in zip(calls, grads):
-            tokens = next(entry.rule.kronecker_inputs(entry.module, call)) if factors.diagonal_input else None
-            factors.add_grads(entry.rule.kronecker_grads(entry.module, call, grad), tokens)
+            tokens = next(entry.layer_rule.kronecker_inputs(entry.module, call)) if factors.diagonal_input else None
+            factors.add_grads(entry.layer_rule.kronecker_grads(entry.module, call, grad), tokens)
 
     def tied_uses(self, name: str, uses: list[TiedUse]) -> None:
         accumulate_tied_sqgrad(uses, self.diagonal_sums[name])
@@ -158,34 +158,43 @@ class _ScalingVisitor(Visitor):
     def tied_uses(self, name: str, uses: list[TiedUse]) -> None:
         """Tied parameters have diagonal blocks, complete after the first pass: nothing to form."""
 
-    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[Tensor]) -> None:
+    def grads(self, entry: PlanEntry, calls: list[LayerCall], grads: list[OutputGrad]) -> None:
         block = self.blocks.get(id(entry.module))
         if block is None:
             return
         _, left, _, right = block.eigen()
+        right = _dense_basis(right, block)
         scaling = self.sums[id(entry.module)]
-        if entry.rule.input_factor_diagonal:  # only the output side rotates (the left basis is the identity)
-            rotated = [grad @ right.to(grad.dtype)[0] for grad in grads]
+        if entry.layer_rule.input_factor_diagonal:  # only the output side rotates (the left basis is the identity)
+            rotated: list[OutputGrad] = [grad @ right.to(grad.dtype)[0] for grad in map(single_grad, grads)]
             accumulate_entry_sqgrad(entry, calls, rotated, {"weight": scaling[0]})
-        elif len(calls) == 1:
+            return
+        left = _dense_basis(left, block)
+        if len(calls) == 1:
             self._rotated_sqgrad(entry, calls[0], grads[0], left, right, block.has_bias, scaling)
         else:  # per-call gradients add before squaring: rotate the summed per-sample gradients
             per_sample = entry_per_sample_grads(entry, calls, grads)
             view = block.layout.to_view([per_sample[name].flatten(0, 1) for name in block.names], batch_dims=1)
-            rotated = left.transpose(-1, -2).to(view.dtype) @ view @ right.to(view.dtype)
-            scaling.add_(rotated.square().sum(0))
+            scaling.add_((left.transpose(-1, -2).to(view.dtype) @ view @ right.to(view.dtype)).square().sum(0))
 
     @staticmethod
     def _rotated_sqgrad(
-        entry: PlanEntry, call: LayerCall, grad: Tensor, left: Tensor, right: Tensor, has_bias: bool, out: Tensor
+        entry: PlanEntry, call: LayerCall, grad: OutputGrad, left: Tensor, right: Tensor, has_bias: bool, out: Tensor
     ) -> None:
-        for a, g in entry.rule.kronecker_pairs(entry.module, call, grad):
+        for a, g in entry.layer_rule.kronecker_pairs(entry.module, call, grad):
             if has_bias:
                 a = torch.cat([a, a.new_ones(*a.shape[:-1], 1)], -1)
             for group in range(out.shape[0]):
                 rotated_a = a[:, group].to(right.dtype) @ right[group]
                 rotated_g = g[:, :, group].to(left.dtype) @ left[group]
                 sqgrad_accumulate(out[group], rotated_g, rotated_a)
+
+
+def _dense_basis(basis: Tensor | None, block: KroneckerBlock) -> Tensor:
+    """The eigenvectors of a dense factor (``factor_eigh`` gives None only for a diagonal one)."""
+    if basis is None:
+        raise TypeError(f"block {block.label}: expected the eigenvectors of a dense Kronecker factor.")
+    return basis
 
 
 def _kronecker_entries(job: Estimation, approximation: str) -> dict[int, _Factors]:
@@ -196,7 +205,7 @@ def _kronecker_entries(job: Estimation, approximation: str) -> dict[int, _Factor
     for entry in job.plan.entries:
         if entry.tied_names:  # a factor is per module: a module sharing a parameter gets diagonal blocks
             continue
-        layout = entry.rule.kronecker_layout(entry.module, entry.local_names)
+        layout = entry.layer_rule.kronecker_layout(entry.module, entry.local_names)
         if layout is not None:
             factors[id(entry.module)] = _Factors(entry, layout, job, approximation == "reduce")
     return factors

@@ -30,7 +30,8 @@ class FisherOperator:
     representation's verbs (``fisherkit.curvature.verbs.FisherVerbs``: ``mv``, ``quadratic``,
     ``solve``, ``trace``, ``to_dense``) with the same meaning; ``trace`` is Hutchinson's estimate.
     The estimation start checks the model as every estimator does (train-mode BatchNorm or dropout)
-    and gives the parameter names; no layer rule is used.
+    and gives the parameter names; no layer rule is looked up, so a module that no rule serves (or
+    whose rule refuses its configuration) is served all the same.
 
     Args:
         model, data, likelihood: As in ``diagonal_fisher``; every module is supported (no layer
@@ -52,9 +53,9 @@ class FisherOperator:
         seed: int = 0,
         **options: Any,
     ) -> None:
-        keywords = {"progress": False, **options, "fallback": True}
+        keywords = {"progress": False, **options}
         keywords.update(likelihood=likelihood, fisher_type=fisher_type, seed=seed)
-        self.job = Estimation.start(model, EstimationOptions.from_keywords(keywords))
+        self.job = Estimation.start(model, EstimationOptions.from_keywords(keywords), layer_rules=False)
         self.data = data
         self.seed = seed
         params = self.job.parameters

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from fisherkit.likelihoods import Likelihood
 from fisherkit.optim.damping import LevenbergMarquardt
-from fisherkit.optim.preconditioner import NGDPreconditioner, Schedule, check_damping, kl_clip_factor
+from fisherkit.optim.preconditioner import NGDPreconditioner, Schedule, check_damping_schedule, kl_clip_factor
 
 
 class NGD(torch.optim.Optimizer):
@@ -78,6 +78,7 @@ class NGD(torch.optim.Optimizer):
         self.model = model
         self.kl_clip = kl_clip
         self.preconditioner: NGDPreconditioner | None = None
+        self._group_names: list[list[str]] = []  # each param group's parameter names, fixed when it is added
         groups = [p for p in model.parameters() if p.requires_grad] if params is None else params
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "damping": damping}
         super().__init__(groups, defaults)
@@ -95,7 +96,7 @@ class NGD(torch.optim.Optimizer):
             if not number or value < 0 or (name == "lr" and not value):
                 raise ValueError(f"NGD needs lr > 0, momentum >= 0 and weight_decay >= 0; got {name}={value!r}.")
         damping = param_group.get("damping", self.defaults["damping"])
-        check_damping(damping)
+        check_damping_schedule(damping)
         if isinstance(damping, LevenbergMarquardt) and damping is not self.defaults["damping"]:
             raise ValueError("LevenbergMarquardt damping adapts for the whole model: pass it as NGD(damping=...).")
         own = {id(p) for p in self.model.parameters()}
@@ -108,12 +109,17 @@ class NGD(torch.optim.Optimizer):
                 "parameters of that model."
             )
         super().add_param_group(param_group)
+        self._group_names.append(list(self._named(params)))
         if self.preconditioner is not None:
             self.preconditioner.select(self._grouped_names())
 
     def _grouped_names(self) -> list[str]:
         """Names of the model's parameters in the param groups, in the model's order."""
         return list(self._named([p for group in self.param_groups for p in group["params"]]))
+
+    def _parameter_damping(self) -> dict[str, Schedule]:
+        """Each parameter's damping: its group's, read at every step (a group's value may change)."""
+        return {n: group["damping"] for group, names in zip(self.param_groups, self._group_names) for n in names}
 
     def close(self) -> None:
         """Removes the recording hooks from the model (done on garbage collection too)."""
@@ -144,9 +150,7 @@ class NGD(torch.optim.Optimizer):
         for group, parameter in stepped:
             if group["weight_decay"]:
                 parameter.grad.add_(parameter, alpha=group["weight_decay"])
-        preconditioner.parameter_damping = {
-            n: g["damping"] for g in self.param_groups for n, p in self._named(g["params"]).items()
-        }
+        preconditioner.parameter_damping = self._parameter_damping()
         damping = preconditioner.damping
         adapting = isinstance(damping, LevenbergMarquardt) and preconditioner.steps % damping.every == 0
         if adapting and closure is None:  # refused before any statistics or state change

@@ -32,9 +32,9 @@ def value_at(schedule: Schedule, step: int) -> float:
     return float(schedule(step)) if callable(schedule) else float(schedule)
 
 
-def check_damping(damping: Any) -> None:
+def check_damping_schedule(damping: Any) -> None:
     """Raises ``ValueError`` unless ``damping`` is a number ≥ 0, a function of the step or
-    ``LevenbergMarquardt``."""
+    ``LevenbergMarquardt`` (the value a step uses is checked by the blocks' ``check_damping``)."""
     if callable(damping):
         return
     if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not 0 <= damping < math.inf:
@@ -106,7 +106,7 @@ class NGDPreconditioner:
         get_structure(structure)
         EstimationOptions(likelihood=likelihood, fisher_type=fisher_type, mc_samples=mc_samples, fallback=fallback)
         check_ema_decay(value_at(ema_decay, 0))
-        check_damping(damping)
+        check_damping_schedule(damping)
         check_positive_int("stats_every", stats_every)
         check_positive_int("inverse_every", inverse_every)
         self.model = model

@@ -95,6 +95,14 @@ class TaskGradient:
             Variable._execution_engine.queue_callback(self._end_pass)
         return self._pass
 
+    def _loss_scale(self) -> Tensor | float:
+        """The scaler's loss scale as a tensor on its device, read without a host synchronization
+        (``get_scale()`` would copy it to the host in every backward pass); 1 without a scaler."""
+        if self.scaler is None or not self.scaler.is_enabled():
+            return 1.0
+        scale = self.scaler._get_scale_async()  # the tensor behind get_scale(); None until scale() made one
+        return 1.0 if scale is None else scale
+
     def _end_pass(self) -> None:
         self._pass = None
 
@@ -111,7 +119,7 @@ class TaskGradient:
             grad, had_gradient = self._pending.pop(name)
             state = self.pass_state()
             if state["scale"] is None:
-                state["scale"] = 1.0 if self.scaler is None else float(self.scaler.get_scale())
+                state["scale"] = self._loss_scale()
             task = grad.float()
             penalty = self.penalty_gradient(name, parameter)
             weight = state["penalty_weight"]

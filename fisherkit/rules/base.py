@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge
+from typing_extensions import TypeVar
 
 from fisherkit.curvature.kronecker_layout import KroneckerLayout
 
@@ -26,6 +27,25 @@ OutputGrad = Tensor | tuple[Tensor, ...]
 def leading_grad(grad: OutputGrad) -> Tensor:
     """The gradient w.r.t. the (first) output tensor."""
     return grad if isinstance(grad, Tensor) else grad[0]
+
+
+def single_grad(grad: OutputGrad) -> Tensor:
+    """The gradient of a module that returns one tensor (every module whose rule is not the
+    fallback: the capture records one output for them).
+
+    Raises:
+        TypeError: ``grad`` holds the gradients of several outputs.
+    """
+    if not isinstance(grad, Tensor):
+        raise TypeError(f"expected the gradient of one output tensor; got {len(grad)} (a rule for one output).")
+    return grad
+
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module, default=nn.Module)
+"""The module type a rule serves."""
+GradT = TypeVar("GradT", bound=OutputGrad, default=Tensor)
+"""What the rule receives as ``grad_output``: a tensor, or ``OutputGrad`` for a rule that serves
+modules returning several tensors (only those are captured with one gradient per output)."""
 
 
 @dataclass
@@ -62,12 +82,14 @@ class LayerCall:
         return self.args[0]
 
 
-class LayerRule:
+class LayerRule(Generic[ModuleT, GradT]):
     """Per-layer math for the parameters a module owns directly.
 
     Subclasses must implement ``per_sample_grads``; ``accumulate_sqgrad`` and ``accumulate_sqnorm``
     are optional fast paths that should never materialize per-sample gradients. Rules with a
-    Kronecker factorization (KFAC, EKFAC) also implement ``kronecker_layout`` and ``kronecker_chunks``.
+    Kronecker factorization (KFAC, EKFAC) also implement ``kronecker_layout``, ``kronecker_inputs``
+    and ``kronecker_grads``. A rule for one module type names it, ``class MyRule(LayerRule[MyLayer])``,
+    so that its methods see the module's attributes.
 
     Attributes:
         input_factor_diagonal: The input factor is diagonal (embedding token frequencies) and is the
@@ -77,11 +99,11 @@ class LayerRule:
 
     input_factor_diagonal: ClassVar[bool] = False
 
-    def check(self, module: nn.Module) -> None:
+    def check(self, module: ModuleT) -> None:
         """Raises ``ValueError`` when this module's configuration is outside what the rule supports."""
 
     def per_sample_grads(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
+        self, module: ModuleT, call: LayerCall, grad_output: GradT, names: Collection[str]
     ) -> dict[str, Tensor]:
         """Per-sample gradients of the listed direct parameters.
 
@@ -97,9 +119,7 @@ class LayerRule:
         """
         raise NotImplementedError(f"{type(self).__name__} does not provide per-sample gradients")
 
-    def accumulate_sqgrad(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor, out: dict[str, Tensor]
-    ) -> None:
+    def accumulate_sqgrad(self, module: ModuleT, call: LayerCall, grad_output: GradT, out: dict[str, Tensor]) -> None:
         """Adds Σ_{k,n} (per-sample gradient)² into ``out``; by default from ``per_sample_grads``.
 
         Args:
@@ -113,7 +133,7 @@ class LayerRule:
             out[name].add_(g.square().sum((0, 1)))
 
     def accumulate_sqnorm(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str], out: Tensor
+        self, module: ModuleT, call: LayerCall, grad_output: GradT, names: Collection[str], out: Tensor
     ) -> None:
         """Adds ‖per-sample gradient‖² over the listed parameters into ``out``; by default from
         ``per_sample_grads``.
@@ -128,12 +148,12 @@ class LayerRule:
         for g in self.per_sample_grads(module, call, grad_output, names).values():
             out.add_(g.to(out.dtype).flatten(2).square().sum(-1))
 
-    def kronecker_layout(self, module: nn.Module, names: Collection[str]) -> KroneckerLayout | None:
+    def kronecker_layout(self, module: ModuleT, names: Collection[str]) -> KroneckerLayout | None:
         """The Kronecker view of the requested parameters, or None when the rule has none (the
         structured estimators then give the module diagonal blocks)."""
         return None
 
-    def kronecker_inputs(self, module: nn.Module, call: LayerCall) -> Iterator[Tensor]:
+    def kronecker_inputs(self, module: ModuleT, call: LayerCall) -> Iterator[Tensor]:
         """Layer inputs at every shared position, a few consecutive samples at a time.
 
         Yields:
@@ -143,13 +163,11 @@ class LayerRule:
         """
         raise NotImplementedError(f"{type(self).__name__} has no Kronecker factorization")
 
-    def kronecker_grads(self, module: nn.Module, call: LayerCall, grad_output: Tensor) -> Tensor:
+    def kronecker_grads(self, module: ModuleT, call: LayerCall, grad_output: GradT) -> Tensor:
         """Output gradients ``(K, B, groups, T, rows)`` at the positions of ``kronecker_inputs``."""
         raise NotImplementedError(f"{type(self).__name__} has no Kronecker factorization")
 
-    def kronecker_pairs(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor
-    ) -> Iterator[tuple[Tensor, Tensor]]:
+    def kronecker_pairs(self, module: ModuleT, call: LayerCall, grad_output: GradT) -> Iterator[tuple[Tensor, Tensor]]:
         """``(a, g)`` chunks over the same samples: ``kronecker_inputs`` with the matching slice of
         ``kronecker_grads``."""
         grads = self.kronecker_grads(module, call, grad_output)

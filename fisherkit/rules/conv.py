@@ -50,31 +50,31 @@ def sample_chunks(batch: int, bytes_per_sample: int, budget: int = UNFOLD_BYTES)
 
 
 @register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
-class ConvRule(LayerRule):
+class ConvRule(LayerRule[nn.modules.conv._ConvNd]):
     """Per-sample ∇W_group = Σ_t g_{n,t} u_{n,t}ᵀ over output locations t of unfolded patches u.
 
     Patches are unfolded a few samples at a time (``UNFOLD_BYTES``), so memory stays bounded.
     """
 
-    def kronecker_layout(self, module: nn.Module, names: Collection[str]) -> KroneckerLayout | None:
+    def kronecker_layout(self, module: nn.modules.conv._ConvNd, names: Collection[str]) -> KroneckerLayout | None:
         if not requested(names, module, "weight"):
             return None
         return KroneckerLayout(module.groups, module.out_channels // module.groups, requested(names, module, "bias"))
 
-    def kronecker_inputs(self, module: nn.Module, call: LayerCall) -> Iterator[Tensor]:
+    def kronecker_inputs(self, module: nn.modules.conv._ConvNd, call: LayerCall) -> Iterator[Tensor]:
         """Yields ``u (b, groups, L, C/groups·Πk)`` patches, ``UNFOLD_BYTES`` at a time."""
         x = call.input
         per_sample = x[0].numel() * math.prod(module.kernel_size) * x.element_size()
         for part in sample_chunks(x.shape[0], per_sample):
             yield unfold_patches(module, x[part]).transpose(-1, -2)
 
-    def kronecker_grads(self, module: nn.Module, call: LayerCall, grad_output: Tensor) -> Tensor:
+    def kronecker_grads(self, module: nn.modules.conv._ConvNd, call: LayerCall, grad_output: Tensor) -> Tensor:
         columns, batch = grad_output.shape[:2]
         grads = grad_output.reshape(columns, batch, module.groups, module.out_channels // module.groups, -1)
         return grads.transpose(-1, -2)
 
     def per_sample_grads(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
+        self, module: nn.modules.conv._ConvNd, call: LayerCall, grad_output: Tensor, names: Collection[str]
     ) -> dict[str, Tensor]:
         grads = {}
         columns, batch = grad_output.shape[:2]
@@ -89,7 +89,7 @@ class ConvRule(LayerRule):
         return grads
 
     def accumulate_sqgrad(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor, out: dict[str, Tensor]
+        self, module: nn.modules.conv._ConvNd, call: LayerCall, grad_output: Tensor, out: dict[str, Tensor]
     ) -> None:
         if "weight" in out:
             groups = module.groups
@@ -104,7 +104,7 @@ class ConvRule(LayerRule):
             out["bias"].add_(bias_grads.to(out["bias"].dtype).square().sum((0, 1)))
 
     def accumulate_sqnorm(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str], out: Tensor
+        self, module: nn.modules.conv._ConvNd, call: LayerCall, grad_output: Tensor, names: Collection[str], out: Tensor
     ) -> None:
         bias = requested(names, module, "bias")
         if requested(names, module, "weight"):

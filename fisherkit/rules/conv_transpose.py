@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterator
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +28,7 @@ def unfold_output_grads(module: nn.modules.conv._ConvTransposeNd, grads: Tensor)
     """``(K, b, O, *S_out) → (K, b, groups, L, O/groups · Π k)`` patches, L = input locations."""
     columns, batch = grads.shape[:2]
     spatial = len(module.kernel_size)
-    padding = [p for pad in reversed(module.padding) for p in (pad, pad)]
+    padding = [p for pad in reversed(cast(tuple[int, ...], module.padding)) for p in (pad, pad)]  # ints only
     x = functional.pad(grads.flatten(0, 1), padding)
     for axis, (size, step, dilation) in enumerate(zip(module.kernel_size, module.stride, module.dilation)):
         window = dilation * (size - 1) + 1
@@ -41,16 +42,18 @@ def unfold_output_grads(module: nn.modules.conv._ConvTransposeNd, grads: Tensor)
 
 
 @register_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-class ConvTransposeRule(LayerRule):
+class ConvTransposeRule(LayerRule[nn.modules.conv._ConvTransposeNd]):
     """Per-sample ∇W = Σ_p x_{n,p} ĝ_{n,p}ᵀ per group (module docstring), ∇b = Σ g; output
     gradients are unfolded a few samples at a time (``UNFOLD_BYTES``). KFAC serves these layers with
     diagonal blocks (no Kronecker view)."""
 
-    def check(self, module: nn.Module) -> None:
+    def check(self, module: nn.modules.conv._ConvTransposeNd) -> None:
         if module.padding_mode != "zeros":
             raise ValueError(f"{type(module).__name__} supports padding_mode='zeros' only.")
 
-    def _pairs(self, module: nn.Module, call: LayerCall, grad_output: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
+    def _pairs(
+        self, module: nn.modules.conv._ConvTransposeNd, call: LayerCall, grad_output: Tensor
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         """``(x (b, groups, L, C_in/groups), ĝ (K, b, groups, L, O/groups·Πk))`` over chunks of samples."""
         x = call.input
         batch, channels = x.shape[:2]
@@ -60,7 +63,7 @@ class ConvTransposeRule(LayerRule):
             yield inputs[part], unfold_output_grads(module, grad_output[:, part])
 
     def per_sample_grads(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
+        self, module: nn.modules.conv._ConvTransposeNd, call: LayerCall, grad_output: Tensor, names: Collection[str]
     ) -> dict[str, Tensor]:
         grads = {}
         columns, batch = grad_output.shape[:2]
@@ -74,7 +77,7 @@ class ConvTransposeRule(LayerRule):
         return grads
 
     def accumulate_sqgrad(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor, out: dict[str, Tensor]
+        self, module: nn.modules.conv._ConvTransposeNd, call: LayerCall, grad_output: Tensor, out: dict[str, Tensor]
     ) -> None:
         if "weight" in out:
             groups = module.groups

@@ -13,7 +13,7 @@ from fisherkit.rules.registry import register_rule
 
 
 @register_rule(nn.Embedding)
-class EmbeddingRule(LayerRule):
+class EmbeddingRule(LayerRule[nn.Embedding]):
     """Per-sample ∇W[v] = Σ_{t: x_{n,t} = v} g_{n,t}; rows of ``padding_idx`` get no gradient.
 
     The fast path sums gradients per (column, sample, token) once and squares those sums, so it
@@ -27,7 +27,7 @@ class EmbeddingRule(LayerRule):
 
     input_factor_diagonal = True
 
-    def check(self, module: nn.Module) -> None:
+    def check(self, module: nn.Embedding) -> None:
         if module.max_norm is not None:
             raise ValueError("nn.Embedding with max_norm rewrites its weight during forward; unsupported.")
         if module.scale_grad_by_freq:
@@ -36,7 +36,7 @@ class EmbeddingRule(LayerRule):
                 "couples samples; per-sample gradients are undefined. Turn it off for the Fisher."
             )
 
-    def _keys_and_grads(self, module: nn.Module, call: LayerCall, grad_output: Tensor) -> tuple[Tensor, Tensor]:
+    def _keys_and_grads(self, module: nn.Embedding, call: LayerCall, grad_output: Tensor) -> tuple[Tensor, Tensor]:
         """Flattened (column·sample·vocab) keys and their gradients, padding positions removed."""
         columns, batch = grad_output.shape[:2]
         tokens = call.input.reshape(batch, -1)
@@ -51,7 +51,7 @@ class EmbeddingRule(LayerRule):
         return keys, grads
 
     def per_sample_grads(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor, names: Collection[str]
+        self, module: nn.Embedding, call: LayerCall, grad_output: Tensor, names: Collection[str]
     ) -> dict[str, Tensor]:
         if not requested(names, module, "weight"):
             return {}
@@ -62,7 +62,7 @@ class EmbeddingRule(LayerRule):
         return {"weight": out.reshape(columns, batch, *module.weight.shape)}
 
     def accumulate_sqgrad(
-        self, module: nn.Module, call: LayerCall, grad_output: Tensor, out: dict[str, Tensor]
+        self, module: nn.Embedding, call: LayerCall, grad_output: Tensor, out: dict[str, Tensor]
     ) -> None:
         if "weight" not in out:
             return
@@ -72,14 +72,14 @@ class EmbeddingRule(LayerRule):
         sums = grads.new_zeros(unique.numel(), module.embedding_dim, dtype=dtype).index_add_(0, slot, grads.to(dtype))
         out["weight"].index_add_(0, unique % module.num_embeddings, sums.square())
 
-    def kronecker_layout(self, module: nn.Module, names: Collection[str]) -> KroneckerLayout | None:
+    def kronecker_layout(self, module: nn.Embedding, names: Collection[str]) -> KroneckerLayout | None:
         return KroneckerLayout(1, module.num_embeddings, False) if requested(names, module, "weight") else None
 
-    def kronecker_inputs(self, module: nn.Module, call: LayerCall) -> Iterator[Tensor]:
+    def kronecker_inputs(self, module: nn.Embedding, call: LayerCall) -> Iterator[Tensor]:
         tokens = call.input.reshape(call.input.shape[0], 1, -1)
         if module.padding_idx is not None:
             tokens = tokens.masked_fill(tokens == module.padding_idx, -1)
         yield tokens
 
-    def kronecker_grads(self, module: nn.Module, call: LayerCall, grad_output: Tensor) -> Tensor:
+    def kronecker_grads(self, module: nn.Embedding, call: LayerCall, grad_output: Tensor) -> Tensor:
         return grad_output.reshape(*grad_output.shape[:2], 1, -1, module.embedding_dim)

@@ -25,7 +25,7 @@ LOOPED_MODULES: tuple[type[nn.Module], ...] = (nn.RNNBase,)
 weights of ``nn.LSTM``/``nn.GRU``/``nn.RNN``): their samples are differentiated one at a time."""
 
 
-class TorchFuncRule(LayerRule):
+class TorchFuncRule(LayerRule[nn.Module, OutputGrad]):
     """Per-sample vector-Jacobian products of one module call, vmapped over samples and columns.
 
     Works for any module whose batched inputs carry the batch axis first (tensors whose first axis

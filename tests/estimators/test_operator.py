@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from oracles import TOLERANCES, brute_force_dense, dense_ggn, flatten
+from oracles import ITERATIVE, TOLERANCES, brute_force_dense, dense_ggn, flatten
 from replay import replay_draws
 from torch import nn
 
@@ -43,10 +43,10 @@ def test_solvers_match_dense_linear_algebra():
     eye = torch.eye(dense.shape[0], dtype=torch.float64)
     v = [torch.randn(s, dtype=torch.float64) for s in operator.shapes]
     solved = flatten(operator.solve(v, 0.1, tol=1e-10))
-    torch.testing.assert_close(solved, torch.linalg.solve(dense + 0.1 * eye, flatten(v)), rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(solved, torch.linalg.solve(dense + 0.1 * eye, flatten(v)), **ITERATIVE)
     torch.testing.assert_close(operator.quadratic(v), flatten(v) @ dense @ flatten(v), **TOL)
     ritz = operator.eigenvalues(iterations=operator.dim)
-    torch.testing.assert_close(ritz[-1], torch.linalg.eigvalsh(dense)[-1], rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(ritz[-1], torch.linalg.eigvalsh(dense)[-1], **ITERATIVE)
     estimate, error = operator.trace_estimate(probes=400, seed=1)
     assert torch.equal(operator.trace(probes=400, seed=1), estimate)
     assert float(error) > 0
@@ -74,3 +74,26 @@ def test_the_operator_and_the_representations_share_verbs_that_mean_the_same():
 
 def model_shapes(model: nn.Module) -> list[torch.Size]:
     return [p.shape for p in model.parameters()]
+
+
+class _TimeMajorRecurrent(nn.Module):
+    """Batch-first inputs through an ``nn.LSTM(batch_first=False)``, which no layer rule serves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(3, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        steps, _ = self.lstm(x.transpose(0, 1))
+        return self.head(steps[-1])
+
+
+def test_the_operator_serves_modules_that_the_layer_rules_refuse():
+    torch.manual_seed(0)
+    model = _TimeMajorRecurrent().double()
+    x = torch.randn(5, 6, 3, dtype=torch.float64)
+    with pytest.raises(fk.UnsupportedModelError, match="batch_first=True"):
+        fk.diagonal_fisher(model, x, fallback=True)
+    operator = fk.FisherOperator(model, x, batch_size=2)
+    torch.testing.assert_close(operator.to_dense(), dense_ggn(model, x, "categorical"), **TOL)

@@ -10,6 +10,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from zoo import Scale
 
 import fisherkit as fk
+from fisherkit.plan import build_plan
+from fisherkit.rules.base import single_grad
 
 TOL = TOLERANCES[torch.float64]
 
@@ -115,13 +117,22 @@ def test_subclasses_use_the_parent_rule_and_users_can_register_rules():
             return 2 * x * self.weight
 
     @fk.register_rule(Doubling)
-    class DoublingRule(fk.LayerRule):
+    class DoublingRule(fk.LayerRule[Doubling]):  # the module type parameter is optional
         def per_sample_grads(self, module, call, grad_output, names):
             return {"weight": 2 * grad_output * call.input}
 
     model = nn.Sequential(nn.Linear(4, 5), Doubling(), nn.Tanh(), nn.Linear(5, 3)).double()
     assert "DoublingRule" in fk.explain(model)
     _check_against_oracle(model, *_data(), engine="layerwise")
+
+
+def test_engines_refuse_an_entry_without_a_rule_and_rules_of_one_output_refuse_several():
+    model = nn.Sequential(Scale(2))
+    (entry,) = build_plan(model, fallback=False).entries
+    with pytest.raises(fk.UnsupportedModelError, match=r"0 \(Scale\).*register_rule.*fallback=True"):
+        _ = entry.layer_rule
+    with pytest.raises(TypeError, match="one output tensor; got 2"):
+        single_grad((torch.zeros(1), torch.zeros(1)))
 
 
 def test_explain_lists_rules_frozen_and_unsupported():
