@@ -13,8 +13,11 @@ import sys
 import pytest
 import torch
 from backends import BACKENDS, run_on
+from oracles import EXACT, TOLERANCES
 
 from fisherkit.ops import extension_status, implementation, sqgrad_accumulate
+
+F32 = TOLERANCES[torch.float32]
 
 SHAPES = [(1, 1, 1, 1, 1), (1, 7, 1, 123, 5), (3, 5, 2, 9, 11), (2, 4, 5, 7, 3), (1, 3, 64, 17, 33), (4, 123, 1, 7, 2)]
 
@@ -46,7 +49,7 @@ def test_matches_float64_oracle(backend, dtype, shape):
     torch.testing.assert_close(bias_out.double(), bias_start.double() + _bias_oracle(g, 0.75), **tol)
     without_bias = start.clone()
     sqgrad_accumulate(without_bias, g, a, scale=0.75, backend=backend)
-    torch.testing.assert_close(without_bias, out, rtol=0, atol=0)
+    torch.testing.assert_close(without_bias, out, **EXACT)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -59,7 +62,7 @@ def test_half_inputs_accumulate_in_float32(backend):
     if not run_on("sqgrad_accumulate", backend, sqgrad_accumulate, out, g, a, positions=4):
         return
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out.double(), start.double() + _oracle(g.float(), a.float(), 1.0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.double(), start.double() + _oracle(g.float(), a.float(), 1.0), **F32)
 
 
 def test_noncontiguous_inputs():
@@ -69,7 +72,7 @@ def test_noncontiguous_inputs():
     for backend in BACKENDS:
         out = torch.zeros(8, 3)
         if run_on("sqgrad_accumulate", backend, sqgrad_accumulate, out, g, a, positions=5):
-            torch.testing.assert_close(out.double(), _oracle(g, a, 1.0), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(out.double(), _oracle(g, a, 1.0), **F32)
 
 
 def test_shape_and_dtype_errors():

@@ -9,9 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 from backends import BACKENDS, run_on
+from oracles import TOLERANCES
 
 from fisherkit.ops import extension_status, implementation, persample_sqnorm
 from fisherkit.ops.sqnorm import gram_is_cheaper
+
+F32 = TOLERANCES[torch.float32]
 
 # (K, N, T, O, I): T ∈ {1, 2, 5, 64}, sizes 1, 7, 123, tiles and Gram both chosen by the dispatch
 SHAPES = [(1, 1, 1, 1, 1), (1, 7, 1, 123, 5), (3, 5, 2, 9, 11), (2, 4, 5, 7, 3), (1, 3, 64, 17, 33), (2, 3, 5, 123, 40)]
@@ -57,7 +60,7 @@ def test_both_forms_match_the_oracle(backend, gram):
         g, a, start = _operands(shape, torch.float32, seed=1)
         out = start.clone()
         _run_form(backend, out, g, a, 0.5, True, gram)
-        torch.testing.assert_close(out.double(), start.double() + 0.5 * _oracle(g, a, True), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out.double(), start.double() + 0.5 * _oracle(g, a, True), **F32)
 
 
 def test_the_cheaper_form_is_chosen():
@@ -73,12 +76,12 @@ def test_half_and_strided_inputs(backend):
     out = torch.zeros(1, 6)
     assert run_on("persample_sqnorm", backend, persample_sqnorm, out, g, a, positions=4)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out.double(), _oracle(g.float(), a.float(), False), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.double(), _oracle(g.float(), a.float(), False), **F32)
     g = torch.randn(2, 8, 5, 6, generator=gen).permute(0, 3, 2, 1)[:, ::2]
     a = torch.randn(6, 10, 3, generator=gen)[::2, ::2]
     out = torch.zeros(2, 3)
     assert run_on("persample_sqnorm", backend, persample_sqnorm, out, g, a, bias=True, positions=5)
-    torch.testing.assert_close(out.double(), _oracle(g, a, True), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.double(), _oracle(g, a, True), **F32)
 
 
 def test_shape_and_dtype_errors():

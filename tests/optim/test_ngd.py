@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from oracles import TOLERANCES
 from torch import nn
 
 import fisherkit as fk
@@ -40,7 +41,7 @@ def test_one_exact_ngd_step_with_lr_1_solves_linear_least_squares(structure):
     design = torch.cat([x, torch.ones(20, 1, dtype=F64)], 1)
     solution = torch.linalg.lstsq(design, y).solution.reshape(-1)
     got = torch.cat([model.weight.detach().reshape(-1), model.bias.detach()])
-    torch.testing.assert_close(got, solution, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(got, solution, **TOLERANCES[torch.float64])
 
 
 def test_exact_ngd_is_invariant_to_rescaling_the_inputs():
@@ -58,7 +59,7 @@ def test_exact_ngd_is_invariant_to_rescaling_the_inputs():
     for _ in range(4):
         _gaussian_step(model, first, x, y)
         _gaussian_step(scaled, second, x_scaled, y)
-        torch.testing.assert_close(scaled(x_scaled), model(x), rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(scaled(x_scaled), model(x), **TOLERANCES[torch.float64])
     sgd_model, sgd_scaled = nn.Linear(3, 1).double(), nn.Linear(3, 1).double()
     with torch.no_grad():
         sgd_model.weight.copy_(model.weight.new_tensor([[0.3, -0.1, 0.2]]))
@@ -109,7 +110,7 @@ def test_a_run_resumed_from_state_dicts_is_identical(structure, tmp_path):
         nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
         optimizer.step()
     for got, want in zip(model.parameters(), expected):
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(got, want, **TOLERANCES[torch.float32])
 
 
 def test_learning_rate_schedulers_and_callable_damping_apply():
@@ -153,7 +154,7 @@ def test_kl_clipping_scales_the_step():
     factor = min(1.0, (1e-4 / (0.25 * quadratic)) ** 0.5)
     assert factor < 1
     for a, b in zip(clipped, free):
-        torch.testing.assert_close(a, factor * b, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(a, factor * b, **TOLERANCES[torch.float32])
 
 
 def test_non_finite_statistics_are_skipped_and_never_reach_the_weights():

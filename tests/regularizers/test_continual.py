@@ -7,7 +7,7 @@ import struct
 
 import pytest
 import torch
-from oracles import TOLERANCES, brute_force_dense, brute_force_diagonal
+from oracles import EXACT, TOLERANCES, brute_force_dense, brute_force_diagonal
 from torch import nn
 
 from fisherkit.apps.cli import main as cli_main
@@ -139,7 +139,7 @@ def test_si_path_integral_excludes_its_own_penalty(penalty_weight):
     si, record = _si_run(c=0.7, steps=5, lr=0.3, penalty_weight=penalty_weight)
     first_importance = record["importance"]
     # second task's ω, hand-simulated, must match the hooks' ω (kept in SI after end_task via importance)
-    torch.testing.assert_close(si.omega["weight"].double(), record["omega"], rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(si.omega["weight"].double(), record["omega"], **TOLERANCES[torch.float32])
     assert float((si.importance["weight"].double() - first_importance).abs().sum()) > 0
 
 
@@ -209,7 +209,7 @@ def test_a_run_stopped_between_tasks_resumes_identically(make, tmp_path):
     regularizer.load_state_dict(checkpoint["reg"])
     generator.set_state(checkpoint["rng"])
     train_task(model, scenario.tasks[1], config, [regularizer], generator)
-    torch.testing.assert_close(_flat(model), uninterrupted, rtol=0, atol=0)
+    torch.testing.assert_close(_flat(model), uninterrupted, **EXACT)
 
 
 def test_si_resumes_inside_a_task():
@@ -235,7 +235,7 @@ def test_si_resumes_inside_a_task():
             optimizer.step()
         return si.omega["weight"]
 
-    torch.testing.assert_close(run(3), run(None), rtol=0, atol=0)
+    torch.testing.assert_close(run(3), run(None), **EXACT)
 
 
 def test_states_of_another_model_are_refused():
