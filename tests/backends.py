@@ -1,20 +1,17 @@
 """The op backends this machine can test — the reference, the C++ extension when it is built, and
 Triton on a GPU or, without one, in Triton's CPU interpreter (when Triton is installed) — and what
-each is documented to serve, stated here independently of the capability table it checks."""
+each is documented to serve, stated here independently of the capability table it checks.
+``conftest.py`` selects the interpreter without a GPU."""
 
 from __future__ import annotations
 
 import inspect
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
-
-from fisherkit.ops import extension_status, implementation  # noqa: E402
-from fisherkit.ops.triton import triton_status  # noqa: E402
+from fisherkit.ops import extension_status, implementation
+from fisherkit.ops.triton import triton_status
 
 BACKENDS = (
     ["reference"]

@@ -2,6 +2,10 @@ import os
 import sys
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():  # Triton's CPU interpreter; must precede the first import of triton, which
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # the frameworks the integration tests import may do
 
 sys.path.insert(0, os.path.dirname(__file__))
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_leaves
 
 from fisherkit.batch_axis import Dims, batch_dims, take_rows
 
@@ -62,5 +63,5 @@ class ModelCall:
         return ModelCall(args, kwargs, self.select, len(range(self.batch_size)[part]))
 
     def tensors(self) -> list[Tensor]:
-        """Every input tensor."""
-        return [v for v in (*self.args, *self.kwargs.values()) if isinstance(v, Tensor)]
+        """Every input tensor (inside dicts, lists and tuples too)."""
+        return [v for v in tree_leaves((self.args, self.kwargs)) if isinstance(v, Tensor)]

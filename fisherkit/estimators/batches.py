@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves
 
 from fisherkit.engines.base import ModelCall
 from fisherkit.estimators.options import DEFAULT, EstimationOptions, OutputSelector
@@ -148,7 +149,7 @@ class BatchReader:
                 f"a batch must be a tensor of inputs, a sequence (inputs, targets) or a dict of named inputs; "
                 f"got {type(raw).__name__}."
             )
-        tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, Tensor)]
+        tensors = [v for v in tree_leaves((args, kwargs)) if isinstance(v, Tensor)]
         if not tensors:
             raise ValueError("a batch holds no input tensor; the model needs at least one.")
         call = ModelCall(tuple(args), kwargs, self.select, int(tensors[0].shape[0]))

@@ -31,8 +31,11 @@ class Regularizer(ABC):
         self.model = model
         self.strength = strength
 
-    def begin_task(self, optimizer: torch.optim.Optimizer) -> None:  # noqa: B027 (a no-op unless overridden)
-        """Called before training a task with ``optimizer``."""
+    def begin_task(  # noqa: B027 (a no-op unless overridden)
+        self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None
+    ) -> None:
+        """Called before training a task with ``optimizer`` (and the ``GradScaler`` that scales the
+        loss, if any; SI reads it)."""
 
     @abstractmethod
     def end_task(self, data: Any) -> None:

@@ -113,16 +113,17 @@ class SynapticIntelligence(Regularizer):
         return 2 * self.strength * self.importance[name] * (parameter.detach() - self.anchor[name]).float()
 
     def _before_step(self) -> None:
-        params = self.parameters_now(self.names)
-        self._before = {n: p.detach().clone() for n, p in params.items() if p.grad is not None}
-        self.task_gradient.average_over_ranks()
+        """θ before the update. The gradients are read after it: ``optimizer.step(closure)``
+        (Lightning, L-BFGS) runs the backward pass between the two hooks."""
+        self._before = {n: p.detach().clone() for n, p in self.parameters_now(self.names).items()}
 
     def _after_step(self) -> None:
         params = self.parameters_now(self.names)
+        self.task_gradient.average_over_ranks()
         grads = self.task_gradient.sums
         with torch.no_grad():
             for name, before in self._before.items():
-                if name in grads:
+                if name in grads and params[name].grad is not None:
                     self.omega[name].add_(-grads[name] * (params[name] - before).float())
         self.steps += 1
         self._before = {}

@@ -161,3 +161,36 @@ def test_a_compiled_model_gives_the_eager_fisher(run_before):
     torch.testing.assert_close(flatten(fisher.diagonals), flatten(want), **TOL)
     kfac = fk.kfac_fisher(compiled, (x, y), fisher_type="empirical")
     assert float(kfac.trace()) > 0
+
+
+class _TakesADict(nn.Module):
+    """A model whose one positional input is a dict (as laplace-torch calls models on dict batches)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+
+    def forward(self, batch):
+        return self.net(batch["features"]) * batch["scale"]
+
+
+@pytest.mark.parametrize("engine", ["layerwise", "vmap"])
+def test_a_dict_given_as_the_positional_input_is_split_by_samples(engine):
+    torch.manual_seed(0)
+    model = _TakesADict().double()
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    scale = torch.tensor(1.5, dtype=torch.float64)  # shared by every sample: passed whole
+    data = [({"features": x[:4], "scale": scale}, y[:4]), ({"features": x[4:], "scale": scale}, y[4:])]
+    fisher = fk.diagonal_fisher(model, data, fisher_type="empirical", engine=engine, memory_budget=2**10)
+    scaled = nn.Sequential(model.net, Scaled(1.5))
+    expected = brute_force_diagonal(scaled, x, "categorical", "empirical", y)
+    torch.testing.assert_close(flatten(fisher.diagonals), flatten(expected), **TOL)
+
+
+class Scaled(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
