@@ -11,6 +11,7 @@ from fisherkit.curvature import (
     DiagonalFisher,
     EigenKroneckerBlock,
     KroneckerBlock,
+    LowRankBlock,
     SumBlock,
 )
 from fisherkit.errors import NonFiniteFisherError, UnsupportedModelError
@@ -55,6 +56,7 @@ __all__ = [
     "FisherOperator",
     "Gaussian",
     "KroneckerBlock",
+    "LowRankBlock",
     "LevenbergMarquardt",
     "MAS",
     "NGD",

@@ -52,16 +52,14 @@ def conjugate_gradient(
     )
 
 
-def lanczos_eigenvalues(
+def lanczos(
     matvec: MatVec, dim: int, iterations: int, like: Tensor, generator: torch.Generator | None = None
-) -> Tensor:
-    """Ritz values of a symmetric operator after ``iterations`` Lanczos steps (full reorthogonalization).
-
-    The extreme ones converge first: ``[-1]`` approximates the largest eigenvalue, ``[0]`` the
-    smallest. Exact for all eigenvalues when ``iterations == dim``.
+) -> tuple[Tensor, Tensor]:
+    """``iterations`` Lanczos steps with full reorthogonalization from a random start.
 
     Returns:
-        ``(m,)`` ascending, m ≤ ``iterations`` (fewer when an invariant subspace is found).
+        The ``(m, m)`` tridiagonal matrix T and the ``(m, dim)`` orthonormal basis Q with
+        Q A Qᵀ = T, m ≤ ``iterations`` (fewer when an invariant subspace is found).
     """
     iterations = min(iterations, dim)
     q = torch.randn(dim, generator=generator, dtype=like.dtype).to(like.device)
@@ -82,7 +80,36 @@ def lanczos_eigenvalues(
     if betas:
         off = torch.stack(betas)
         tridiagonal = tridiagonal + torch.diag(off, 1) + torch.diag(off, -1)
-    return torch.linalg.eigvalsh(tridiagonal)
+    return tridiagonal, torch.stack(basis[: len(alphas)])
+
+
+def lanczos_eigenvalues(
+    matvec: MatVec, dim: int, iterations: int, like: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    """Ritz values of a symmetric operator after ``iterations`` Lanczos steps (``lanczos``).
+
+    The extreme ones converge first: ``[-1]`` approximates the largest eigenvalue, ``[0]`` the
+    smallest. Exact for all eigenvalues when ``iterations == dim``.
+
+    Returns:
+        ``(m,)`` ascending, m ≤ ``iterations`` (fewer when an invariant subspace is found).
+    """
+    return torch.linalg.eigvalsh(lanczos(matvec, dim, iterations, like, generator)[0])
+
+
+def lanczos_eigenpairs(
+    matvec: MatVec, dim: int, k: int, iterations: int, like: Tensor, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest Ritz pairs of a symmetric operator after ``iterations`` Lanczos steps.
+
+    Returns:
+        ``(k,)`` values, descending, and ``(dim, k)`` orthonormal vectors (Qᵀ S for T = S Θ Sᵀ);
+        fewer than ``k`` when the Krylov space has fewer dimensions.
+    """
+    tridiagonal, basis = lanczos(matvec, dim, iterations, like, generator)
+    values, rotations = torch.linalg.eigh(tridiagonal)
+    top = values.argsort(descending=True)[:k]
+    return values[top], basis.T @ rotations[:, top]
 
 
 def hutchinson_trace(

@@ -8,7 +8,10 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> None:
     """Runs the ``fisherkit`` command (``argv`` without the program name; default ``sys.argv[1:]``)."""
+    from fisherkit import __version__
+
     parser = argparse.ArgumentParser(prog="fisherkit", description="The Fisher information of PyTorch models.")
+    parser.add_argument("--version", action="version", version=f"fisherkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo", help="continual learning on the bundled digits: naive, EWC, online EWC, SI, MAS, joint (CPU, ~1 min)"

@@ -7,6 +7,7 @@ from fisherkit.curvature.diagonal import DiagonalFisher
 from fisherkit.curvature.diagonal_block import DiagonalBlock
 from fisherkit.curvature.eigen_kronecker_block import EigenKroneckerBlock
 from fisherkit.curvature.kronecker_block import KroneckerBlock
+from fisherkit.curvature.low_rank_block import LowRankBlock
 from fisherkit.curvature.sum_block import SumBlock
 from fisherkit.curvature.verbs import FisherVerbs
 
@@ -19,5 +20,6 @@ __all__ = [
     "EigenKroneckerBlock",
     "FisherVerbs",
     "KroneckerBlock",
+    "LowRankBlock",
     "SumBlock",
 ]

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from fisherkit.curvature.block import Block, tensor_sum
 from fisherkit.curvature.quadratic_form import quadratic_form
+from fisherkit.curvature.scipy_operator import scipy_operator
 
 TensorList = list[Tensor]
 ParameterVector = Sequence[Tensor] | Mapping[str, Tensor]
@@ -181,6 +182,18 @@ class Curvature:
             index = torch.cat([torch.arange(offsets[i], offsets[i] + sizes[i]) for i in slots]).to(dense.device)
             dense[index.unsqueeze(1), index.unsqueeze(0)] = block.to_dense().to(dense.dtype)
         return dense
+
+    def to_scipy(self) -> Any:
+        """A ``scipy.sparse.linalg.LinearOperator`` on flat ``(P,)`` vectors (parameters flattened
+        in ``names`` order), in the representation's dtype."""
+        like = _first_tensor(self._blocks)
+        sizes = [s.numel() for s in self.shapes]
+
+        def matvec(flat: Tensor) -> Tensor:
+            vectors = [part.reshape(shape) for part, shape in zip(flat.split(sizes), self.shapes)]
+            return torch.cat([v.reshape(-1) for v in self.mv(vectors)])
+
+        return scipy_operator(matvec, sum(sizes), like)
 
     def to(self: Self, *args: Any, **kwargs: Any) -> Self:
         """A copy moved or cast like ``Tensor.to``."""

@@ -10,12 +10,13 @@ from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp
 
 from fisherkit.curvature.base import ParameterVector, TensorList
+from fisherkit.curvature.scipy_operator import scipy_operator
 from fisherkit.engines.base import ModelCall
 from fisherkit.estimators.common import Estimation, check_count, make_generator
 from fisherkit.estimators.distributed import all_reduce_sums
-from fisherkit.estimators.options import EstimationOptions
+from fisherkit.estimators.options import EstimationOptions, check_positive_int
 from fisherkit.likelihoods import Likelihood
-from fisherkit.linalg import conjugate_gradient, hutchinson_trace, lanczos_eigenvalues
+from fisherkit.linalg import conjugate_gradient, hutchinson_trace, lanczos_eigenpairs, lanczos_eigenvalues
 
 
 class FisherOperator:
@@ -131,6 +132,23 @@ class FisherOperator:
         """Lanczos Ritz values, ascending: the last approximates the largest eigenvalue of F."""
         generator = torch.Generator().manual_seed(seed)
         return lanczos_eigenvalues(self.matvec, self.dim, iterations, self._like(), generator)
+
+    def eigenpairs(self, k: int, iterations: int | None = None, seed: int = 0) -> tuple[Tensor, Tensor]:
+        """The ``k`` largest eigenvalues and their eigenvectors, by Lanczos with full
+        reorthogonalization (``iterations`` products; default min(P, 2k + 40)).
+
+        Returns:
+            ``(k,)`` values, descending, and ``(P, k)`` orthonormal vectors over the flattened
+            parameters in ``names`` order (``unflatten`` turns a column into parameter shapes).
+        """
+        check_positive_int("k", k)
+        iterations = min(self.dim, 2 * k + 40) if iterations is None else iterations
+        generator = torch.Generator().manual_seed(seed)
+        return lanczos_eigenpairs(self.matvec, self.dim, k, iterations, self._like(), generator)
+
+    def to_scipy(self) -> Any:
+        """A ``scipy.sparse.linalg.LinearOperator`` on flat ``(P,)`` vectors in the parameters' dtype."""
+        return scipy_operator(self.matvec, self.dim, self._like())
 
     def to_dense(self) -> Tensor:
         """``(P, P)`` by P products with unit vectors (tests and tiny models only)."""

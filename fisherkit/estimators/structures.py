@@ -17,6 +17,7 @@ from fisherkit.estimators.common import Estimation, run_estimator
 from fisherkit.estimators.dense import estimate_block, estimate_full
 from fisherkit.estimators.diagonal import estimate_diagonal
 from fisherkit.estimators.kronecker import estimate_ekfac, estimate_kfac
+from fisherkit.estimators.low_rank import estimate_low_rank
 from fisherkit.likelihoods import Likelihood
 
 
@@ -39,6 +40,7 @@ STRUCTURES: dict[str, Structure] = {
     "ekfac": Structure(estimate_ekfac, ("approximation",)),
     "block": Structure(estimate_block),
     "full": Structure(estimate_full),
+    "lowrank": Structure(estimate_low_rank, ("rank", "iterations")),
 }
 
 
@@ -93,7 +95,7 @@ def fisher(
         data: Batches, as in ``diagonal_fisher``.
         likelihood: ``"categorical"``, ``"gaussian"``, ``"bernoulli"`` or a ``Likelihood``.
         fisher_type: ``"mc"``, ``"exact"`` or ``"empirical"``.
-        structure: ``"diagonal"``, ``"kfac"``, ``"ekfac"``, ``"block"``, ``"full"`` or one added
+        structure: ``"diagonal"``, ``"kfac"``, ``"ekfac"``, ``"block"``, ``"full"``, ``"lowrank"`` or one added
             with ``register_structure``.
         **options: The shared ``EstimationOptions`` and the structure's own keywords.
     """

@@ -1,2 +1,4 @@
-"""fisherkit inside the frameworks users train with. Each module imports its framework, which is
-not a dependency of fisherkit: ``fisherkit.integrations.laplace`` (a laplace-torch curvature backend)."""
+"""fisherkit inside the frameworks users train with; each module imports its framework, which is not
+a dependency of fisherkit: ``laplace`` (laplace-torch curvature backends), ``lightning`` (a callback),
+``huggingface`` (a regularized ``Trainer``), ``avalanche`` (a strategy plugin, without importing
+Avalanche)."""

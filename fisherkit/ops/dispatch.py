@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import Tensor
 
-from fisherkit.ops.extension import extension_status
+from fisherkit.ops.extension import extension_status, warn_extension_unavailable
 
 BACKEND_ENV = "FISHERKIT_BACKEND"
 BACKENDS = ("reference", "cpp", "triton")
@@ -99,6 +99,8 @@ def implementation(op: str, *args: Any, backend: str | None = None) -> Implement
             chosen = _TABLE[op].get(name)
             if chosen is not None and chosen.refusal(*args) is None:
                 return chosen
+        elif name == "cpp" and "cpp" in _TABLE[op]:
+            warn_extension_unavailable()
     return _TABLE[op]["reference"]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -55,3 +56,19 @@ def cpu_refusal(*args: object) -> str | None:
     if all(t.device.type == "cpu" for t in tensors):
         return None
     return "its kernels run on CPU tensors only"
+
+
+@lru_cache(maxsize=1)
+def warn_extension_unavailable() -> None:
+    """Warns once, naming the fix, that the torch reference serves CPU calls ``fisherkit._C``
+    would (unless ``FISHERKIT_DISABLE_EXT`` chose so): a slow path is never silent."""
+    status = extension_status()
+    if status.available or os.environ.get(DISABLE_ENV, "0") not in ("", "0"):
+        return
+    warnings.warn(
+        f"fisherkit's compiled CPU kernels are unavailable ({status.reason}); the torch reference serves "
+        f"their calls, slower. Build them beside this torch with `pip install --no-build-isolation fisherkit` "
+        f"(a C++ compiler and torch's headers needed), or set {DISABLE_ENV}=1 to silence this.",
+        RuntimeWarning,
+        stacklevel=4,
+    )

@@ -104,6 +104,11 @@ class NGDPreconditioner:
         parameters: Sequence[str] | None = None,
     ) -> None:
         get_structure(structure)
+        if structure == "lowrank":
+            raise ValueError(
+                "NGD averages its statistics over steps (ema_), which a low-rank Fisher cannot do (the average of "
+                "two low-rank matrices is not low rank): use structure='kfac', 'ekfac', 'diagonal' or 'block'."
+            )
         EstimationOptions(likelihood=likelihood, fisher_type=fisher_type, mc_samples=mc_samples, fallback=fallback)
         check_ema_decay(value_at(ema_decay, 0))
         check_damping_schedule(damping)

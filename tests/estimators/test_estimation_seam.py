@@ -77,7 +77,7 @@ def test_ewc_checks_its_options_at_construction_and_accepts_a_given_fisher():
     with pytest.raises(TypeError, match=r"unknown estimator option\(s\) \['samples'\]"):
         EWC(model, 1.0, samples=3)
     with pytest.raises(ValueError, match="unknown Fisher structure"):
-        EWC(model, 1.0, structure="lowrank")
+        EWC(model, 1.0, structure="tridiagonal")
     given = fk.kfac_fisher(model, (x, y), fisher_type="empirical")
     ewc = EWC(model, 4.0)
     ewc.consolidate(given)

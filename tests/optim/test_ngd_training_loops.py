@@ -249,7 +249,8 @@ def test_the_default_settings_train_a_small_bert_without_diverging():
         ({"kl_clip": 0.0}, ValueError, "kl_clip must be positive"),
         ({"fisher_type": "hessian"}, ValueError, "unknown fisher_type 'hessian'"),
         ({"mc_samples": True}, ValueError, "mc_samples must be a positive integer"),
-        ({"structure": "lowrank"}, ValueError, "unknown"),
+        ({"structure": "tridiagonal"}, ValueError, "unknown"),
+        ({"structure": "lowrank"}, ValueError, "low-rank Fisher.*structure=.kfac."),
         ({"momentum": -0.5}, ValueError, "momentum >= 0"),
     ],
 )

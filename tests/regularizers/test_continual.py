@@ -310,3 +310,12 @@ def test_cl_command_prints_the_table(capsys):
     out = capsys.readouterr().out
     assert "| naive |" in out and "| ewc (1) |" in out and "| si (1) |" in out
     assert "split-digits, task-incremental, 5 tasks" in out
+
+
+def test_the_command_reports_its_version(capsys):
+    from fisherkit import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fisherkit {__version__}"
