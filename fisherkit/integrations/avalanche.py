@@ -11,9 +11,11 @@ Each experience is a task: ``begin_task`` with the strategy's optimizer before i
 the penalty added to ``strategy.loss`` before every backward pass (Avalanche's convention for
 regularization plugins), ``end_task`` on the experience's dataset after it (batches of
 ``strategy.train_mb_size``, the dataset's ``collate_fn``; Avalanche's ``(x, y, task label)``
-samples give fisherkit the inputs and the targets). The plugin follows Avalanche's
-``SupervisedPlugin`` protocol without importing Avalanche: hooks it does not define are no-ops.
-Models that take task labels (``MultiTaskModule``) are refused: fisherkit calls ``model(x)``.
+samples give fisherkit the inputs and the targets). A classifier that grows between experiences
+(``IncrementalClassifier``: new units appended) is followed: the regularizers penalize the
+consolidated rows only, until an experience consolidates the new ones. The plugin follows
+Avalanche's ``SupervisedPlugin`` protocol without importing Avalanche: hooks it does not define are
+no-ops. Models that take task labels (``MultiTaskModule``) are refused: fisherkit calls ``model(x)``.
 """
 
 from __future__ import annotations

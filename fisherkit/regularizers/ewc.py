@@ -12,7 +12,7 @@ from fisherkit.curvature import Curvature
 from fisherkit.curvature.quadratic_form import block_quadratic
 from fisherkit.estimators import EstimationOptions, fisher
 from fisherkit.estimators.structures import split_structure_options
-from fisherkit.regularizers.regularizer import Regularizer, check_anchor, check_state_names
+from fisherkit.regularizers.regularizer import Regularizer, check_state_names, consolidated_part
 
 MODES = ("separate", "online")
 
@@ -27,7 +27,9 @@ class EWC(Regularizer):
     - ``mode="online"``: one anchor, the latest θ*, and F ← γ·F + F_new (``decay`` = γ).
 
     Parameters added after a task (a new head) are not penalized until a later consolidation
-    covers them; a parameter that changed shape is an error.
+    covers them; a parameter that grew along its axes (a head that gained classes, new entries
+    appended) is penalized on its consolidated entries only (``consolidated_part``); any other
+    change of shape is an error.
 
     Args:
         model: The model being trained.
@@ -89,9 +91,10 @@ class EWC(Regularizer):
             return
         previous = [f * self.decay for f in self.fishers[0]]
         last = previous[-1]
-        if (last.names, [b.names for b in last.blocks]) == (estimate.names, [b.names for b in estimate.blocks]):
+        same_blocks = [(b.names, b.shapes) for b in last.blocks] == [(b.names, b.shapes) for b in estimate.blocks]
+        if (last.names, last.shapes) == (estimate.names, estimate.shapes) and same_blocks:
             previous[-1] = last + estimate
-        else:  # a parameter set that changed (a new head): keep the terms apart, same anchor
+        else:  # parameters that changed (a new or grown head): keep the terms apart, same anchor
             previous.append(estimate)
         self.anchors[0] = {**self.anchors[0], **anchor}
         self.fishers[0] = previous
@@ -100,11 +103,12 @@ class EWC(Regularizer):
         terms: dict[str, Tensor] = {}
         for anchor, fishers in zip(self.anchors, self.fishers):
             now = self.parameters_now(list(anchor))
-            for name, parameter in now.items():
-                check_anchor("EWC", name, parameter, anchor[name])
             for term in fishers:
                 for block in term.blocks:
-                    value = block_quadratic(block, [now[n] for n in block.names], [anchor[n] for n in block.names])
+                    shapes = list(zip(block.names, block.shapes))
+                    current = [consolidated_part("EWC", n, now[n], shape) for n, shape in shapes]
+                    anchored = [consolidated_part("EWC", n, anchor[n], shape) for n, shape in shapes]
+                    value = block_quadratic(block, current, anchored)
                     key = block.label
                     terms[key] = terms[key] + value if key in terms else value
         return {key: 0.5 * self.strength * value for key, value in terms.items()}

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from fisherkit.estimators import Estimation, EstimationOptions
 from fisherkit.estimators.common import check_count
-from fisherkit.regularizers.regularizer import Regularizer, check_state_names, cloned
+from fisherkit.regularizers.regularizer import Regularizer, check_state_names, cloned, zero_padded
 
 
 class MAS(Regularizer):
@@ -58,7 +58,8 @@ class MAS(Regularizer):
         params = job.parameters
         for name, total in sums.items():
             update = total / count
-            self.importance[name] = self.importance[name] + update if name in self.importance else update
+            old = zero_padded(self.importance[name], update.shape) if name in self.importance else 0.0
+            self.importance[name] = old + update
             self.anchor[name] = params[name].detach().clone()
 
     def penalty_terms(self) -> dict[str, Tensor]:

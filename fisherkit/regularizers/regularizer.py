@@ -68,9 +68,10 @@ class Regularizer(ABC):
 
     def weighted_squares(self, importance: Mapping[str, Tensor], anchor: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """{name: strength · Σ Ω (θ − θ*)²} for the parameters with an importance (SI, MAS)."""
-        params = self.parameters_now(list(importance))
-        for name, parameter in params.items():
-            check_anchor(type(self).__name__, name, parameter, anchor[name])
+        owner = type(self).__name__
+        params = {
+            n: consolidated_part(owner, n, p, anchor[n].shape) for n, p in self.parameters_now(list(importance)).items()
+        }
         return {n: self.strength * (importance[n] * (p - anchor[n]).square()).sum() for n, p in params.items()}
 
     def parameters_now(self, names: list[str] | tuple[str, ...]) -> dict[str, Tensor]:
@@ -93,20 +94,41 @@ def cloned(values: Mapping[str, Tensor], device: torch.device | None = None) -> 
     return {n: (v if device is None else v.to(device)).clone() for n, v in values.items()}
 
 
-def check_anchor(owner: str, name: str, parameter: Tensor, anchor: Tensor) -> None:
-    """Raises ``ValueError`` when a parameter changed shape since it was consolidated."""
-    if parameter.shape != anchor.shape:
-        raise ValueError(
-            f"{owner}: parameter {name!r} has shape {tuple(parameter.shape)} but was consolidated with "
-            f"shape {tuple(anchor.shape)}; the model changed since the last task."
-        )
+def consolidated_part(owner: str, name: str, parameter: Tensor, shape: torch.Size) -> Tensor:
+    """The part of ``parameter`` that was consolidated with ``shape``: all of it, or — for a
+    parameter that grew along its axes since (a classifier head that gained classes, the new
+    entries appended) — its leading ``shape`` slice, so that the new entries are not penalized
+    until a task consolidates them (as if anchor and importance were zero-padded).
+
+    Raises:
+        ValueError: The parameter shrank or changed its number of axes.
+    """
+    if parameter.shape == shape:
+        return parameter
+    if parameter.dim() == len(shape) and all(now >= then for now, then in zip(parameter.shape, shape)):
+        return parameter[tuple(slice(0, then) for then in shape)]
+    raise ValueError(
+        f"{owner}: parameter {name!r} has shape {tuple(parameter.shape)} but was consolidated with shape "
+        f"{tuple(shape)}; only growth along its axes (a head that gains classes, new entries appended) is followed."
+    )
+
+
+def zero_padded(tensor: Tensor, shape: torch.Size) -> Tensor:
+    """``tensor`` in the leading slice of zeros of ``shape`` (itself when the shapes agree)."""
+    if tensor.shape == shape:
+        return tensor
+    padded = tensor.new_zeros(shape)
+    padded[tuple(slice(0, then) for then in tensor.shape)] = tensor
+    return padded
 
 
 def check_state_names(owner: str, state: Mapping[str, Any], model: nn.Module) -> None:
     """Raises ``ValueError`` when a state mentions parameters the model does not have (with those shapes)."""
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
     for name, shape in state.get("shapes", {}).items():
-        if shapes.get(name) != tuple(shape):
+        now = shapes.get(name)
+        grown = now is not None and len(now) == len(shape) and all(a >= b for a, b in zip(now, shape))
+        if not grown:  # the same shape, or one that grew since (consolidated_part)
             raise ValueError(
                 f"{owner}: the state dict was saved for a model with parameter {name!r} of shape "
                 f"{tuple(shape)}; this model has {shapes.get(name, 'no such parameter')}."

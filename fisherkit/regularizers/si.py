@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from fisherkit.regularizers.regularizer import Regularizer, check_state_names, cloned
+from fisherkit.regularizers.regularizer import Regularizer, check_state_names, cloned, consolidated_part, zero_padded
 from fisherkit.regularizers.task_gradient import PenaltyTap, TaskGradient
 
 
@@ -60,8 +60,7 @@ class SynapticIntelligence(Regularizer):
         ``GradScaler`` that scales the loss, when mixed precision trains it)."""
         params = self.parameters_now(self.names)
         self.task_start = {n: p.detach().clone() for n, p in params.items()}
-        for value in self.omega.values():
-            value.zero_()
+        self.omega = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}  # a head may have grown
         self.steps = 0
         self.attach(optimizer, scaler)
 
@@ -72,6 +71,7 @@ class SynapticIntelligence(Regularizer):
             kind = type(optimizer).__name__
             raise TypeError(f"SynapticIntelligence attaches to a torch.optim.Optimizer; got {kind}.")
         self.detach()
+        self.task_gradient.parameters = self.parameters_now(self.names)  # a grown head is a new parameter object
         self.task_gradient.attach(scaler)
         self._handles = [
             optimizer.register_step_pre_hook(lambda *_: self._before_step()),
@@ -101,7 +101,8 @@ class SynapticIntelligence(Regularizer):
             for name, parameter in params.items():
                 change = (parameter - self.task_start[name]).float()
                 update = self.omega[name] / (change.square() + self.damping)
-                self.importance[name] = self.importance[name] + update if name in self.importance else update
+                old = zero_padded(self.importance[name], update.shape) if name in self.importance else 0.0
+                self.importance[name] = old + update
                 self.anchor[name] = parameter.detach().clone()
         self.detach()
 
@@ -110,7 +111,10 @@ class SynapticIntelligence(Regularizer):
         """∂ penalty / ∂θ at the parameter's current value: 2 c Ω (θ − θ̃)."""
         if name not in self.importance:
             return None
-        return 2 * self.strength * self.importance[name] * (parameter.detach() - self.anchor[name]).float()
+        anchor = self.anchor[name]
+        consolidated = consolidated_part("SynapticIntelligence", name, parameter.detach(), anchor.shape)
+        gradient = 2 * self.strength * self.importance[name] * (consolidated - anchor).float()
+        return zero_padded(gradient, parameter.shape)
 
     def _before_step(self) -> None:
         """θ before the update. The gradients are read after it: ``optimizer.step(closure)``

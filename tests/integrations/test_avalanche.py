@@ -114,6 +114,56 @@ def test_the_plugin_trains_as_the_penalty_in_the_loss(method):
     torch.testing.assert_close(ours.penalty(), reference.penalty(), **TOL)
 
 
+class GrowingStrategy(StandInStrategy):
+    """Grows the classifier to the classes seen so far before each experience and resets the
+    optimizer to the new parameters, as Avalanche's IncrementalClassifier and make_optimizer do."""
+
+    def train(self, experience: Dataset) -> None:
+        _grow(self.model, int(experience.y.max()) + 1)
+        self.optimizer.param_groups[0]["params"] = list(self.model.parameters())
+        self.optimizer.state.clear()
+        super().train(experience)
+
+
+def _grow(model: nn.Module, classes: int) -> None:
+    old = model[2]
+    if old.out_features >= classes:
+        return
+    new = nn.Linear(old.in_features, classes).double()
+    with torch.no_grad():  # new units initialized from their own seed, so that both runs get the same
+        gen = torch.Generator().manual_seed(classes)
+        new.weight.copy_(0.3 * torch.randn(new.weight.shape, generator=gen, dtype=torch.float64))
+        new.bias.zero_()
+        new.weight[: old.out_features] = old.weight
+        new.bias[: old.out_features] = old.bias
+    model[2] = new
+
+
+class ClassesOf(Experience):
+    """An experience of classes ``2k, 2k+1``."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.y = self.y % 2 + 2 * (seed - 1)
+
+
+@pytest.mark.parametrize("method", ["ewc", "si", "mas"])
+def test_the_plugin_follows_a_head_that_grows_between_experiences(method):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    reference_net = copy.deepcopy(net)
+    ours, reference = REGULARIZERS[method](net), REGULARIZERS[method](reference_net)
+    strategy = GrowingStrategy(net, [RegularizerPlugin(ours)])
+    for seed in (1, 2, 3):  # 2, 4, 6 classes
+        strategy.train(ClassesOf(seed))
+        _grow(reference_net, 2 * seed)
+        _loop(reference_net, reference, ClassesOf(seed))
+    assert net[2].out_features == 6
+    for a, b in zip(net.parameters(), reference_net.parameters()):
+        torch.testing.assert_close(a, b, **TOL)
+    torch.testing.assert_close(ours.penalty(), reference.penalty(), **TOL)
+
+
 def test_a_model_that_takes_task_labels_is_refused_with_the_fix():
     class MultiTask(nn.Module):
         def __init__(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import struct
 
@@ -92,16 +93,83 @@ def test_online_ewc_decays_the_old_fisher_and_keeps_one_anchor():
     assert len(ewc.anchors) == 1 and len(ewc.fishers[0]) == 1
 
 
-def test_separate_ewc_covers_parameters_added_later_and_refuses_changed_shapes():
+def test_separate_ewc_covers_parameters_added_later_and_refuses_shapes_that_did_not_grow():
     model = _model()
     ewc = EWC(model, strength=1.0, fisher_type="exact")
     ewc.end_task(_data(1))
     model.add_module("head", nn.Linear(3, 2).double())  # a new head: not penalized until consolidated
     assert float(ewc.penalty().detach()) == 0.0
     with torch.no_grad():
-        model[2].weight = nn.Parameter(torch.zeros(4, 5, dtype=torch.float64))
-    with pytest.raises(ValueError, match="consolidated with shape"):
+        model[2].weight = nn.Parameter(torch.zeros(2, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"consolidated with shape \(3, 5\); only growth along its axes"):
         ewc.penalty()
+
+
+def _grow_head(model: nn.Module, classes: int) -> None:
+    """What a growing classifier (Avalanche's IncrementalClassifier) does: a new, larger output layer
+    holding the old rows first."""
+    old = model[2]
+    new = nn.Linear(old.in_features, classes).double()
+    with torch.no_grad():
+        new.weight[: old.out_features] = old.weight
+        new.bias[: old.out_features] = old.bias
+    model[2] = new
+
+
+def _nudged_copy_with_old_head(model: nn.Module, rows: int) -> nn.Module:
+    old = copy.deepcopy(model)
+    layer = nn.Linear(model[2].in_features, rows).double()
+    with torch.no_grad():
+        layer.weight.copy_(model[2].weight[:rows])
+        layer.bias.copy_(model[2].bias[:rows])
+    old[2] = layer
+    return old
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: EWC(m, strength=2.0, fisher_type="exact"),
+    lambda m: EWC(m, strength=2.0, fisher_type="exact", mode="online", decay=0.5, structure="kfac"),
+    lambda m: SynapticIntelligence(m, strength=2.0),
+    lambda m: MAS(m, strength=2.0),
+], ids=["ewc", "online-kfac-ewc", "si", "mas"])  # fmt: skip
+def test_a_grown_head_is_penalized_on_its_consolidated_rows_only(make):
+    model = _model()
+    regularizer = make(model)
+    x, y = _data(1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    regularizer.begin_task(optimizer)
+    for _ in range(3):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    regularizer.end_task([(x, y)])
+    _grow_head(model, 5)
+    _nudge(model, 3)
+    penalty = regularizer.penalty()
+    # the same penalty as the model cut back to the rows that were consolidated
+    cut = _nudged_copy_with_old_head(model, 3)
+    regularizer.model = cut
+    expected = regularizer.penalty().detach()
+    regularizer.model = model
+    torch.testing.assert_close(penalty.detach(), expected, **TOLERANCES[torch.float64])
+    assert float(expected) > 0
+    penalty.backward()
+    assert torch.equal(model[2].weight.grad[3:], torch.zeros(2, 5, dtype=torch.float64))
+    assert float(model[2].weight.grad[:3].abs().max()) > 0
+    # the next task trains and consolidates the grown head
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    regularizer.begin_task(optimizer)
+    x2, y2 = _data(2)
+    y2 = y2 + 2  # classes 2-4
+    for _ in range(3):
+        optimizer.zero_grad()
+        (nn.functional.cross_entropy(model(x2), y2) + regularizer.penalty()).backward()
+        optimizer.step()
+    regularizer.end_task([(x2, y2)])
+    _nudge(model, 4)
+    model.zero_grad()
+    regularizer.penalty().backward()
+    assert float(model[2].weight.grad[3:].abs().max()) > 0  # consolidated now
 
 
 def _si_run(c: float, steps: int, lr: float, penalty_weight: float) -> tuple[SynapticIntelligence, dict]:
@@ -242,7 +310,7 @@ def test_states_of_another_model_are_refused():
     model = _model()
     ewc = EWC(model, 1.0, fisher_type="exact")
     ewc.end_task(_data(1))
-    other = nn.Sequential(nn.Linear(4, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    other = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 3)).double()
     with pytest.raises(ValueError, match="saved for a model"):
         EWC(other, 1.0, fisher_type="exact").load_state_dict(ewc.state_dict())
     with pytest.raises(ValueError, match="cannot be loaded into MAS"):
