@@ -113,14 +113,6 @@ def test_a_run_resumed_from_state_dicts_is_identical(structure, tmp_path):
         torch.testing.assert_close(got, want, **TOLERANCES[torch.float32])
 
 
-def test_learning_rate_schedulers_and_callable_damping_apply():
-    model, x, y = _classifier()
-    optimizer = fk.NGD(model, lr=0.1, damping=lambda step: 0.1 / (1 + step))
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
-    _train(model, optimizer, x, y, 4, scheduler)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
-
-
 def test_preconditioner_rewrites_gradients_for_another_optimizer():
     model, x, y = _classifier()
     preconditioner = fk.NGDPreconditioner(model, structure="kfac", damping=0.1, stats_every=1, seed=0)

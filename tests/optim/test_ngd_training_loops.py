@@ -273,6 +273,18 @@ def test_a_learning_rate_scheduler_sets_the_step_ngd_takes():
         torch.testing.assert_close(_flat(model.parameters()), expected)
 
 
+def test_a_damping_schedule_is_read_at_every_step():
+    model = _mlp()
+    optimizer = _exact(model, lr=0.3, damping=lambda step: 0.5 / (1 + step))
+    x, y = _data(11)
+    for damping in (0.5, 0.25, 0.5 / 3):  # the schedule's value at steps 0, 1, 2
+        optimizer.zero_grad()
+        _cross_entropy_backward(model, x, y)
+        expected = _expected_step(model, x, [(0.3, 0.0, damping)] * 2)
+        optimizer.step()
+        torch.testing.assert_close(_flat(model.parameters()), expected)
+
+
 def test_a_state_with_scheduled_dampings_saves_and_resumes():
     import io
 
