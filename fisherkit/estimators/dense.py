@@ -89,7 +89,7 @@ def block_fisher(
             saying what it would need, beyond it.
 
     Returns:
-        A ``Curvature`` of ``DenseBlock``s.
+        A ``Curvature`` of ``DenseBlock`` blocks.
     """
     return run_estimator(estimate_block, model, data, likelihood, fisher_type, options)
 

@@ -279,9 +279,9 @@ def kfac_fisher(
     """Estimates the KFAC approximation of the Fisher of ``model`` on ``data``.
 
     Linear (any leading dims), Conv1d/2d/3d (per group, unfolded patches; Grosse & Martens 2016)
-    and Embedding (diagonal input factor) layers get ``KroneckerBlock``s with the bias folded into
+    and Embedding (diagonal input factor) layers get ``KroneckerBlock`` blocks with the bias folded into
     the input factor as a column of ones; modules without a Kronecker rule (normalization layers,
-    the fallback) get exact ``DiagonalBlock``s from the same pass.
+    the fallback) get exact ``DiagonalBlock`` blocks from the same pass.
 
     Scaling: per-sample mean, like every estimator (F ≈ G ⊗ A ≈ (1/N) Σ_n E_y[g_n g_nᵀ]); the
     factor normalizations are in the module docstring.
@@ -330,7 +330,7 @@ def ekfac_fisher(
     fresh labels. Arguments, scaling and errors as in ``kfac_fisher``.
 
     Returns:
-        A ``Curvature`` of ``EigenKroneckerBlock``s and diagonal blocks.
+        A ``Curvature`` of ``EigenKroneckerBlock`` blocks and diagonal blocks.
     """
     return run_estimator(estimate_ekfac, model, data, likelihood, fisher_type, options, approximation=approximation)
 

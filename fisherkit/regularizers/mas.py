@@ -13,7 +13,7 @@ from fisherkit.regularizers.regularizer import Regularizer, check_state_names, c
 
 
 class MAS(Regularizer):
-    """Penalty λ · Σ_k Ω_k (θ_k − θ*_k)², Ω += (1/N) Σ_n |∇_θ ‖f(x_n)‖²| at the end of each task.
+    """Penalty λ · Σ_k Ω_k (θ_k − θ*_k)², Ω += (1/N) Σ_n abs(∇_θ ‖f(x_n)‖²) at the end of each task.
 
     The per-sample gradients come from fisherkit's engines (columns s = 2 f, one per sample), so
     every layer with a rule is supported and no labels are needed. The anchor θ* is the latest
