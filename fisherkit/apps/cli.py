@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -21,7 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--plot", type=Path, help="PNG path; writes <stem>-accuracy.png and <stem>-fisher.png")
     from fisherkit.apps.continual.command import add_arguments
 
-    add_arguments(commands.add_parser("cl", help="run continual-learning methods through a scenario"))
+    add_arguments(
+        commands.add_parser("cl", help="run continual-learning methods through a scenario (--help: all options)")
+    )
     types = commands.add_parser("fisher-types", help="the three Fisher types on scikit-learn's digits (seconds)")
     types.add_argument("--epochs", type=int, default=5)
     types.add_argument("--mc-samples", type=int, default=1)
@@ -37,15 +40,25 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"fisherkit {args.command}: {error}") from error
 
 
+def _emit(line: str) -> None:
+    """A line of a report, at once (also when stdout is a file or a pipe)."""
+    print(line, flush=True)
+
+
+def _progress(line: str) -> None:
+    """A progress line, on stderr, at once."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def _run(args: argparse.Namespace) -> None:
     if args.command == "demo":
         from fisherkit.apps.continual.demo import run_demo
 
-        print(run_demo(epochs=args.epochs, seeds=args.seeds, plot=args.plot))
+        run_demo(_emit, _progress, epochs=args.epochs, seeds=args.seeds, plot=args.plot)
     elif args.command == "cl":
         from fisherkit.apps.continual.command import run as run_cl
 
-        print(run_cl(args))
+        run_cl(args, _emit, _progress)
     elif args.command == "fisher-types":
         from fisherkit.apps.fisher_types import run as run_fisher_types
 

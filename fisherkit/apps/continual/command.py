@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -15,35 +17,73 @@ from fisherkit.apps.continual.experiment import (
     choose_strength,
     format_matrix,
     format_summaries,
-    run_methods,
+    run_method,
 )
 from fisherkit.apps.continual.scenarios import SETTINGS, Scenario, permuted_scenario, split_scenario
 from fisherkit.apps.continual.training import TrainConfig
 from fisherkit.apps.errors import UsageError
 from fisherkit.estimators import FISHER_TYPES
 
+Lines = Callable[[str], None]
+"""Where a command's lines go (printed at once by the command line)."""
 SCENARIOS = ("split-digits", "permuted-digits", "split-fashion", "permuted-fashion", "split-idx", "permuted-idx")
 
 
+DESCRIPTION = """Trains each method through the tasks of a scenario, for every seed, and prints a table of
+average accuracy, backward transfer and forgetting, with the accuracy matrices. Without --strength,
+each regularized method's strength is chosen on validation data (seed 0) from its grid; --strength
+sets one value for every regularized method (λ for EWC and MAS, c for SI). Progress goes to stderr
+one line per trained task; each method's results are printed (and written to --out) as soon as they
+exist."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the ``cl`` command's options to ``parser``."""
-    parser.add_argument("--scenario", choices=SCENARIOS, default="split-digits")
-    parser.add_argument("--data-dir", type=Path, help="directory of MNIST-format IDX files (for *-idx scenarios)")
-    parser.add_argument("--setting", choices=SETTINGS, default="task", help="for split scenarios")
-    parser.add_argument("--tasks", type=int, help="number of tasks (split: 5, permuted: 10)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    """Adds the ``cl`` command's options to ``parser`` (its help shows every default)."""
+    parser.description = DESCRIPTION
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.add_argument("--scenario", choices=SCENARIOS, default="split-digits", help="data and task split")
+    parser.add_argument("--data-dir", type=Path, help="directory of MNIST-format IDX files (*-idx scenarios only)")
+    parser.add_argument("--setting", choices=SETTINGS, help="incremental setting of split scenarios (default: task)")
+    parser.add_argument("--tasks", type=int, help="number of tasks (default: split 5, permuted 10)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to run")
     parser.add_argument("--fisher", choices=FISHER_TYPES, default="mc", help="EWC's Fisher type")
-    parser.add_argument("--strength", type=float, help="λ (EWC, MAS) or c (SI) for every regularized method")
+    parser.add_argument(
+        "--strength", type=float, help="λ (EWC, MAS) or c (SI) for every regularized method (default: search)"
+    )
     parser.add_argument("--search", action="store_true", help="choose each strength on validation data (seed 0)")
     parser.add_argument("--decay", type=float, default=1.0, help="online EWC's γ")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 … N−1 per method")
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs per task")
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="hidden layer widths of the MLP")
     parser.add_argument("--train-per-task", type=int, help="training samples per permuted task (default: all)")
     parser.add_argument("--fisher-samples", type=int, default=1000, help="samples per task to consolidate on")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (one per process runs fastest when busy)")
     parser.add_argument("--plot", type=Path, help="write the accuracy matrices and per-task curves to this PNG")
+    parser.add_argument("--out", type=Path, help="write settings, seeds and accuracy matrices to this JSON file")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuses options that do not apply to the scenario and output paths or extras that would fail
+    only after the work (raises ``UsageError`` or ``ImportError``)."""
+    split = args.scenario.startswith("split")
+    if split and args.train_per_task is not None:
+        raise UsageError("--train-per-task applies to permuted scenarios; split scenarios use every sample.")
+    if not split and args.setting is not None:
+        raise UsageError("--setting applies to split scenarios; permuted scenarios are domain-incremental.")
+    if args.data_dir is not None and not args.scenario.endswith("idx"):
+        raise UsageError(f"--data-dir applies to the *-idx scenarios; {args.scenario} uses bundled data.")
+    if args.threads < 1:
+        raise UsageError(f"--threads must be at least 1; got {args.threads}.")
+    for option, path in (("--plot", args.plot), ("--out", args.out)):
+        if path is not None and not path.parent.resolve().is_dir():
+            raise UsageError(f"{option} {path}: the directory {path.parent} does not exist.")
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as error:
+            raise ImportError("--plot needs matplotlib: pip install 'fisherkit[plots]'") from error
 
 
 def load_dataset(scenario: str, data_dir: Path | None) -> Dataset:
@@ -61,64 +101,129 @@ def build_scenario(args: argparse.Namespace) -> Scenario:
     """The Split or Permuted scenario the command's options describe."""
     dataset = load_dataset(args.scenario, args.data_dir)
     if args.scenario.startswith("split"):
-        return split_scenario(dataset, args.setting, args.tasks or 5)
+        return split_scenario(dataset, args.setting or "task", args.tasks or 5)
     return permuted_scenario(dataset, args.tasks or 10, train_per_task=args.train_per_task)
 
 
-def run(args: argparse.Namespace) -> str:
-    """Runs the command and returns its report."""
+def settings_line(args: argparse.Namespace, scenario: Scenario) -> str:
+    """The settings a table was made with."""
+    per_task = "all" if args.train_per_task is None else args.train_per_task
+    return (
+        f"settings: {scenario.name}, {scenario.setting}-incremental, {len(scenario.tasks)} tasks; MLP "
+        f"{'-'.join(map(str, args.hidden))}, Adam lr {args.lr:g}, {args.epochs} epochs per task, batch "
+        f"{args.batch_size}, training samples per task {per_task}; Fisher {args.fisher} on "
+        f"{args.fisher_samples} samples per task; {args.threads} thread(s)"
+    )
+
+
+def run(args: argparse.Namespace, emit: Lines, progress: Lines) -> None:
+    """Runs the command: ``emit`` gets the report as it is made, ``progress`` a line per trained task."""
+    check_arguments(args)
+    torch.set_num_threads(args.threads)
     scenario = build_scenario(args)
     config = TrainConfig(args.epochs, args.batch_size, args.lr, "adam", tuple(args.hidden), args.fisher_samples)
     methods = [Method(name, args.strength or 0.0, args.fisher, args.decay) for name in args.methods]
-    lines = []
+    emit(settings_line(args, scenario))
     if args.search or args.strength is None:
-        chosen = []
-        for method in methods:
-            best, grid = choose_strength(scenario, method, config)
-            chosen.append(best)
-            if grid:
-                described = ", ".join(f"{s:g}: {100 * a:.1f}" for s, a in grid)
-                lines.append(f"{method.name}: validation average accuracy by strength {{{described}}}")
-                lines.append(f"  → strength {best.strength:g}")
-        methods = chosen
-        lines.append("")
+        methods = [search(scenario, method, config, emit, progress) for method in methods]
     seeds = list(range(args.seeds))
-    summaries = run_methods(scenario, methods, config, seeds)
-    lines.append(format_summaries(scenario, summaries, seeds))
-    lines += ["", "accuracy matrices of seed 0 (rows: after training task j; columns: test accuracy on task i):"]
+    summaries: list[Summary] = []
+    for method in methods:
+        summaries.append(run_method(scenario, method, config, seeds, progress))
+        average, spread = summaries[-1].stat("average")
+        emit(f"{method.label}: average accuracy {100 * average:.1f} ± {100 * spread:.1f} over seeds {seeds}")
+        if args.out is not None:
+            write_results(args.out, args, scenario, summaries, seeds)
+    emit("")
+    emit(format_summaries(scenario, summaries, seeds))
+    emit("\naccuracy matrices of seed 0 (rows: after training task j; columns: test accuracy on task i):")
     for summary in summaries:
-        lines += ["", format_matrix(summary.matrices[0], summary.method.label)]
+        emit("\n" + format_matrix(summary.matrices[0], summary.method.label))
+    if args.out is not None:
+        emit(f"\nwrote {args.out}")
     if args.plot:
-        plot_summaries(scenario, summaries, args.plot)
-        lines += ["", f"wrote {args.plot}"]
-    return "\n".join(lines)
+        plot_summaries(scenario, summaries, args.plot, len(seeds))
+        emit(f"wrote {args.plot}")
 
 
-def plot_summaries(scenario: Scenario, summaries: list[Summary], path: Path) -> None:
-    """Accuracy matrices (seed 0) and each task's accuracy as later tasks are trained (mean over seeds)."""
-    try:
-        import matplotlib
+def search(scenario: Scenario, method: Method, config: TrainConfig, emit: Lines, progress: Lines) -> Method:
+    """The method with the strength of its grid that scores best on validation data, reported, with
+    a warning when that is an end of the grid (the best may lie beyond it)."""
+    best, grid = choose_strength(scenario, method, config, progress=progress)
+    if not grid:
+        return best
+    described = ", ".join(f"{s:g}: {100 * a:.1f}" for s, a in grid)
+    emit(f"{method.name}: validation average accuracy by strength {{{described}}} → strength {best.strength:g}")
+    if best.strength in (grid[0][0], grid[-1][0]):
+        emit(f"warning: {method.name}'s search picked the edge of its grid ({best.strength:g}); the best strength "
+             "may lie beyond it — pass --strength to try others")  # fmt: skip
+    return best
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError("--plot needs matplotlib: pip install 'fisherkit[plots]'") from error
+
+def write_results(
+    path: Path, args: argparse.Namespace, scenario: Scenario, summaries: list[Summary], seeds: list[int]
+) -> None:
+    """The machine-readable record so far (settings, seeds, every method's accuracy matrices), written
+    to a temporary file and moved over ``path``, so an interruption never leaves half a file."""
+    record = {
+        "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        "scenario": {"name": scenario.name, "setting": scenario.setting, "tasks": len(scenario.tasks)},
+        "seeds": seeds,
+        "methods": [
+            {"method": s.method.name, "label": s.method.label, "strength": s.method.strength,
+             "accuracy_matrices": [m.tolist() for m in s.matrices]}
+            for s in summaries
+        ],
+    }  # fmt: skip
+    temporary = path.with_name(path.name + ".partial")
+    temporary.write_text(json.dumps(record, indent=1))
+    temporary.replace(path)
+
+
+def plot_summaries(scenario: Scenario, summaries: list[Summary], path: Path, seeds: int) -> None:
+    """Accuracy matrices of seed 0 (cells of tasks not yet trained masked, one colour scale) and each
+    task's accuracy as later tasks are trained (mean over ``seeds``; joint training as a dashed line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
     sequential = [s for s in summaries if s.matrices[0].shape[0] > 1]
-    figure, axes = plt.subplots(2, max(1, len(sequential)), figsize=(3 * max(1, len(sequential)), 6), squeeze=False)
+    joint = [s for s in summaries if s.matrices[0].shape[0] == 1]
+    columns = max(1, len(sequential))
+    figure, axes = plt.subplots(2, columns, figsize=(3.2 * columns, 6.4), squeeze=False)
+    colours = plt.get_cmap("viridis").copy()
+    colours.set_bad("lightgrey")  # tasks not trained yet: chance level, not a result
+    image = None
+    curves: list[float] = []
     for column, summary in enumerate(sequential):
-        axes[0, column].imshow(summary.matrices[0].numpy(), vmin=0, vmax=1, cmap="viridis")
-        axes[0, column].set_title(summary.method.label, fontsize=8)
+        matrix = summary.matrices[0].numpy()
+        untrained = np.triu(np.ones_like(matrix, dtype=bool), k=1)
+        image = axes[0, column].imshow(np.ma.masked_where(untrained, matrix), vmin=0, vmax=1, cmap=colours)
+        axes[0, column].set_title(f"{summary.method.label} (seed 0)", fontsize=8)
         axes[0, column].set_xlabel("task evaluated")
-        axes[0, column].set_ylabel("after training task")
         mean = torch.stack(summary.matrices).mean(0)
         for task in range(mean.shape[1]):
-            curve = mean[task:, task].numpy()
+            curve = mean[task:, task].tolist()
+            curves += curve
             axes[1, column].plot(range(task, mean.shape[0]), curve, marker="o", label=f"task {task}")
-        axes[1, column].set_ylim(0, 1)
+        for other in joint:
+            level = float(torch.stack(other.matrices).mean())
+            curves.append(level)
+            axes[1, column].axhline(level, color="black", linestyle="--", linewidth=1, label="joint (mean)")
+        axes[1, column].set_title(f"{summary.method.label} (mean of {seeds} seed(s))", fontsize=8)
         axes[1, column].set_xlabel("tasks trained")
+    if curves:
+        low, high = min(curves), max(curves)
+        margin = max(0.02, 0.05 * (high - low))
+        for column in range(columns):
+            axes[1, column].set_ylim(max(0.0, low - margin), min(1.0, high + margin))
+    if image is not None:
+        figure.colorbar(image, ax=list(axes[0]), shrink=0.8, label="test accuracy")
+    axes[0, 0].set_ylabel("after training task")
     axes[1, 0].set_ylabel("test accuracy")
     axes[1, 0].legend(fontsize=6)
     figure.suptitle(f"{scenario.name} ({scenario.setting}-incremental)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)

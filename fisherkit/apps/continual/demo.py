@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from fisherkit.apps.continual.command import add_arguments, run
+from fisherkit.apps.continual.command import Lines, add_arguments, run
 from fisherkit.apps.continual.datasets import load_digits
 from fisherkit.apps.continual.model import MaskedMLP
 from fisherkit.apps.continual.scenarios import permuted_scenario
@@ -88,10 +88,11 @@ def _plot_histogram(logs: torch.Tensor, zeros: int, path: Path) -> None:
     plt.close(figure)
 
 
-def run_demo(epochs: int = 10, seeds: int = 3, plot: Path | None = None) -> str:
-    """The report of the main job; ``plot`` is a PNG path prefix for the figures (optional)."""
+def run_demo(emit: Lines, progress: Lines, epochs: int = 10, seeds: int = 3, plot: Path | None = None) -> None:
+    """The main job: ``emit`` gets the report as it is made, ``progress`` a line per trained task;
+    ``plot`` is a PNG path prefix for the figures (optional)."""
     matrices_plot = None if plot is None else plot.with_name(f"{plot.stem}-accuracy.png")
     histogram_plot = None if plot is None else plot.with_name(f"{plot.stem}-fisher.png")
-    return "\n\n".join(
-        [run(demo_arguments(epochs, seeds, matrices_plot)), fisher_histogram(epochs, plot=histogram_plot)]
-    )
+    run(demo_arguments(epochs, seeds, matrices_plot), emit, progress)
+    emit("")
+    emit(fisher_histogram(epochs, plot=histogram_plot))

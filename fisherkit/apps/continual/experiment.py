@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -72,23 +73,45 @@ class Method:
         return f"{self.name} ({self.strength:g}{extra})"
 
 
-def accuracy_matrix(scenario: Scenario, method: Method, config: TrainConfig, seed: int, split: str = "test") -> Tensor:
-    """R[j, i]: accuracy on task i (``split``) after training task j; one row for joint training."""
+Progress = Callable[[str], None]
+"""Receives one line per trained task (the command line prints it at once)."""
+
+
+def accuracy_matrix(
+    scenario: Scenario,
+    method: Method,
+    config: TrainConfig,
+    seed: int,
+    split: str = "test",
+    progress: Progress | None = None,
+) -> Tensor:
+    """R[j, i]: accuracy on task i (``split``) after training task j; one row for joint training.
+    ``progress`` gets a line after each task."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = MaskedMLP(scenario.num_features, config.hidden, scenario.num_outputs)
     if method.name == "joint":
         train_jointly(model, scenario.tasks, config, generator)
-        return torch.tensor([accuracy_row(model, scenario, split)])
+        row = accuracy_row(model, scenario, split)
+        if progress is not None:
+            progress(f"{method.label}, seed {seed}: all {len(scenario.tasks)} tasks jointly, mean {split} "
+                     f"accuracy {100 * sum(row) / len(row):.1f}")  # fmt: skip
+        return torch.tensor([row])
     regularizers = method.regularizers(model, seed)
     rows = []
-    for task in scenario.tasks:
+    for index, task in enumerate(scenario.tasks):
         train_task(model, task, config, regularizers, generator)
         rows.append(accuracy_row(model, scenario, split))
+        if progress is not None:
+            seen = rows[-1][: index + 1]
+            progress(f"{method.label}, seed {seed}: task {index + 1}/{len(scenario.tasks)} trained, mean {split} "
+                     f"accuracy on tasks so far {100 * sum(seen) / len(seen):.1f}")  # fmt: skip
     return torch.tensor(rows)
 
 
-def choose_strength(scenario: Scenario, method: Method, config: TrainConfig, seed: int = 0) -> tuple[Method, list]:
+def choose_strength(
+    scenario: Scenario, method: Method, config: TrainConfig, seed: int = 0, progress: Progress | None = None
+) -> tuple[Method, list]:
     """The strength from ``STRENGTH_GRIDS`` with the best average *validation* accuracy (one seed).
     A strength whose training diverges scores 0.
 
@@ -101,7 +124,7 @@ def choose_strength(scenario: Scenario, method: Method, config: TrainConfig, see
     for strength in STRENGTH_GRIDS[method.name]:
         candidate = replace(method, strength=strength)
         try:
-            score = Metrics.of(accuracy_matrix(scenario, candidate, config, seed, split="valid")).average
+            score = Metrics.of(accuracy_matrix(scenario, candidate, config, seed, "valid", progress)).average
         except TrainingDiverged:
             score = 0.0
         results.append((strength, score))
@@ -122,9 +145,16 @@ class Summary:
         return float(values.mean()), spread
 
 
+def run_method(
+    scenario: Scenario, method: Method, config: TrainConfig, seeds: list[int], progress: Progress | None = None
+) -> Summary:
+    """A method's accuracy matrices over ``seeds`` on ``scenario``."""
+    return Summary(method, [accuracy_matrix(scenario, method, config, seed, "test", progress) for seed in seeds])
+
+
 def run_methods(scenario: Scenario, methods: list[Method], config: TrainConfig, seeds: list[int]) -> list[Summary]:
     """Each method's accuracy matrices over ``seeds`` on ``scenario``."""
-    return [Summary(m, [accuracy_matrix(scenario, m, config, seed) for seed in seeds]) for m in methods]
+    return [run_method(scenario, m, config, seeds) for m in methods]
 
 
 def format_summaries(scenario: Scenario, summaries: list[Summary], seeds: list[int]) -> str:
