@@ -108,11 +108,12 @@ def build_scenario(args: argparse.Namespace) -> Scenario:
 def settings_line(args: argparse.Namespace, scenario: Scenario) -> str:
     """The settings a table was made with."""
     per_task = "all" if args.train_per_task is None else args.train_per_task
+    consolidated = "all" if args.fisher_samples is None else args.fisher_samples
     return (
         f"settings: {scenario.name}, {scenario.setting}-incremental, {len(scenario.tasks)} tasks; MLP "
         f"{'-'.join(map(str, args.hidden))}, Adam lr {args.lr:g}, {args.epochs} epochs per task, batch "
         f"{args.batch_size}, training samples per task {per_task}; Fisher {args.fisher} on "
-        f"{args.fisher_samples} samples per task; {args.threads} thread(s)"
+        f"{consolidated} samples per task; {args.threads} thread(s)"
     )
 
 
