@@ -75,7 +75,7 @@ class Regularizer(ABC):
         return {n: self.strength * (importance[n] * (p - anchor[n]).square()).sum() for n, p in params.items()}
 
     def parameters_now(self, names: list[str] | tuple[str, ...]) -> dict[str, Tensor]:
-        """The model's current parameters ``names``, checked against the shapes they had when stored.
+        """The model's current parameters ``names`` (``consolidated_part`` checks their shapes).
 
         Raises:
             ValueError: A parameter is gone.
