@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="fisherkit", description="The Fisher information of PyTorch models.")
     parser.add_argument("--version", action="version", version=f"fisherkit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo", help="continual learning on the bundled digits: naive, EWC, online EWC, SI, MAS, joint (CPU, ~1 min)"
@@ -37,7 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _run(args)
     except (ImportError, FileNotFoundError, IdxFileError, UsageError) as error:  # a missing extra or data, bad options
-        raise SystemExit(f"fisherkit {args.command}: {error}") from error
+        if args.debug:
+            raise
+        raise SystemExit(f"fisherkit {args.command}: {error} (fisherkit --debug shows the traceback)") from error
 
 
 def _emit(line: str) -> None:

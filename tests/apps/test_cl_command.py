@@ -9,6 +9,7 @@ import pytest
 
 from fisherkit.apps.cli import main as cli_main
 from fisherkit.apps.continual import command, experiment
+from fisherkit.apps.errors import UsageError
 
 SMALL = ["cl", "--scenario", "split-digits", "--seeds", "1", "--epochs", "1", "--hidden", "8"]
 
@@ -72,3 +73,10 @@ def test_a_search_that_picks_the_edge_of_its_grid_says_so(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "ewc: validation average accuracy by strength {1: " in out
     assert "warning: ewc's search picked the edge of its grid" in out and "pass --strength" in out
+
+
+def test_debug_shows_the_error_itself_instead_of_one_line():
+    with pytest.raises(SystemExit, match=r"at least 1; got 0. \(fisherkit --debug shows the traceback\)"):
+        cli_main(["cl", "--threads", "0"])
+    with pytest.raises(UsageError, match="--threads must be at least 1"):
+        cli_main(["--debug", "cl", "--threads", "0"])
