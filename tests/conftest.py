@@ -23,6 +23,15 @@ def _restore(table: dict, saved: dict, builtin_prefix: str) -> None:
 
 
 @pytest.fixture(autouse=True)
+def restored_threads():
+    """The command line sets torch's thread count for its process; tests that run it in-process
+    leave the next test the count it had."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def isolated_registries():
     """Rules and structures a test registers are gone after it: no test sees another's."""
     rules, structures = dict(registry._RULES), dict(STRUCTURES)
