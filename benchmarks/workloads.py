@@ -31,7 +31,7 @@ class Workload:
 
 
 def make_workload(name: str, seed: int = 0) -> Workload:
-    """``mlp``, ``cnn`` or ``seq`` as specified in the benchmarks' README section."""
+    """``mlp``, ``cnn`` or ``seq`` as specified in docs/guide/benchmarks.md."""
     torch.manual_seed(seed)
     if name == "mlp":
         model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
