@@ -332,9 +332,15 @@ def test_split_and_permuted_scenarios():
     total = sum(len(t.train[0]) + len(t.valid[0]) for t in class_il.tasks)
     assert total == 300
     permuted = permuted_scenario(data, num_tasks=3, train_per_task=100)
-    torch.testing.assert_close(permuted.tasks[0].test[0], data.test_x)
-    assert not torch.equal(permuted.tasks[1].test[0], data.test_x)
-    torch.testing.assert_close(permuted.tasks[1].test[0].sort(1).values, data.test_x.sort(1).values)
+    torch.testing.assert_close(permuted.tasks[0].test[0][:], data.test_x)
+    assert not torch.equal(permuted.tasks[1].test[0][:], data.test_x)
+    torch.testing.assert_close(permuted.tasks[1].test[0][:].sort(1).values, data.test_x.sort(1).values)
+    # one copy of the images for every task, permuted as rows are read
+    train = permuted.tasks[2].train[0]
+    assert train.images is data.train_x and len(train) + len(permuted.tasks[2].valid[0]) == 100
+    rows = torch.tensor([3, 0, 7])
+    torch.testing.assert_close(train[rows], data.train_x[train.rows[rows]][:, train.permutation])
+    assert set(permuted.tasks[2].train[1].tolist()) <= set(range(6))
     with pytest.raises(ValueError, match="do not split"):
         split_scenario(data, "task", num_tasks=4)
 

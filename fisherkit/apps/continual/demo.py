@@ -48,7 +48,8 @@ def fisher_histogram(epochs: int, seed: int = 0, plot: Path | None = None) -> st
     task = scenario.tasks[0]
     model = MaskedMLP(scenario.num_features, TrainConfig.hidden, scenario.num_outputs)
     train_task(model, task, TrainConfig(epochs=epochs), [], torch.Generator().manual_seed(seed))
-    fisher = diagonal_fisher(model.eval(), task.train, seed=seed, progress=False)
+    x, y = task.train
+    fisher = diagonal_fisher(model.eval(), (x[: len(x)], y), seed=seed, progress=False)
     values = torch.cat([d.reshape(-1) for d in fisher.diagonals])
     zeros = int((values == 0).sum())
     logs = values[values > 0].log10()

@@ -19,7 +19,33 @@ from torch import Tensor
 from fisherkit.apps.continual.datasets import Dataset
 
 SETTINGS = ("task", "domain", "class")
-Split = tuple[Tensor, Tensor]
+
+
+class PermutedInputs:
+    """Rows of an image tensor with a pixel permutation applied when they are read: every task of a
+    Permuted scenario shares one copy of the images instead of holding its own permuted copy.
+
+    ``inputs[key]`` (an index tensor or a slice) returns those rows, permuted, as a tensor.
+
+    Args:
+        images: ``(N, F)`` the shared images.
+        rows: ``(n,)`` the rows of ``images`` this split holds.
+        permutation: ``(F,)`` the task's pixel order, or None for the identity.
+    """
+
+    def __init__(self, images: Tensor, rows: Tensor, permutation: Tensor | None) -> None:
+        self.images, self.rows, self.permutation = images, rows, permutation
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: Tensor | slice) -> Tensor:
+        selected = self.images[self.rows[key]]
+        return selected if self.permutation is None else selected[:, self.permutation]
+
+
+Inputs = Tensor | PermutedInputs
+Split = tuple[Inputs, Tensor]
 
 
 @dataclass
@@ -58,10 +84,6 @@ def _hold_out(x: Tensor, y: Tensor, fraction: float, generator: torch.Generator)
     return (x[order[valid:]], y[order[valid:]]), (x[order[:valid]], y[order[:valid]])
 
 
-def _limit(x: Tensor, y: Tensor, count: int | None) -> Split:
-    return (x, y) if count is None else (x[:count], y[:count])
-
-
 def split_scenario(
     dataset: Dataset,
     setting: str = "task",
@@ -85,7 +107,7 @@ def split_scenario(
     for index in range(num_tasks):
         task_classes = torch.arange(index * per_task, (index + 1) * per_task)
 
-        def select(x: Tensor, y: Tensor, task_classes: Tensor = task_classes) -> Split:
+        def select(x: Tensor, y: Tensor, task_classes: Tensor = task_classes) -> tuple[Tensor, Tensor]:
             keep = torch.isin(y, task_classes)
             labels = y[keep] if setting == "class" else y[keep] - int(task_classes[0])
             return x[keep], labels
@@ -106,6 +128,7 @@ def permuted_scenario(
     train_per_task: int | None = None,
 ) -> Scenario:
     """Permuted: each task applies its own fixed pixel permutation (the first none); domain-incremental.
+    The images are stored once; each task reads them through its permutation (``PermutedInputs``).
 
     Args:
         dataset: The images and labels.
@@ -117,10 +140,14 @@ def permuted_scenario(
     generator = torch.Generator().manual_seed(seed)
     tasks = []
     features = dataset.num_features
+    count = len(dataset.train_x) if train_per_task is None else min(train_per_task, len(dataset.train_x))
     for index in range(num_tasks):
-        permutation = torch.arange(features) if index == 0 else torch.randperm(features, generator=generator)
-        train_x, train_y = _limit(dataset.train_x, dataset.train_y, train_per_task)
-        train, valid = _hold_out(train_x[:, permutation], train_y, valid_fraction, generator)
-        test = (dataset.test_x[:, permutation], dataset.test_y)
+        permutation = None if index == 0 else torch.randperm(features, generator=generator)
+        order = torch.randperm(count, generator=generator)
+        held = max(1, int(count * valid_fraction))
+        train_y, valid_y = dataset.train_y[order[held:]], dataset.train_y[order[:held]]
+        train = (PermutedInputs(dataset.train_x, order[held:], permutation), train_y)
+        valid = (PermutedInputs(dataset.train_x, order[:held], permutation), valid_y)
+        test = (PermutedInputs(dataset.test_x, torch.arange(len(dataset.test_x)), permutation), dataset.test_y)
         tasks.append(Task(f"permutation {index}", train, valid, test))
     return Scenario(f"permuted-{dataset.name}", "domain", tasks, features, dataset.num_classes)
