@@ -33,7 +33,8 @@ def test_help_shows_every_default_and_says_what_a_strength_means(capsys):
         (["--scenario", "split-digits", "--data-dir", "."], "--data-dir applies to the \\*-idx scenarios"),
         (["--plot", "no/such/dir/out.png"], "--plot no/such/dir/out.png: the directory no/such/dir does not exist"),
         (["--out", "no/such/dir/r.json"], "--out no/such/dir/r.json: the directory no/such/dir does not exist"),
-        (["--threads", "0"], "--threads must be at least 1"),
+        (["--threads", "0"], "--threads and --jobs must be at least 1"),
+        (["--jobs", "0"], "--threads and --jobs must be at least 1"),
     ],
 )
 def test_options_that_cannot_apply_are_refused_before_any_work(options, words, capsys):
@@ -76,7 +77,18 @@ def test_a_search_that_picks_the_edge_of_its_grid_says_so(capsys, monkeypatch):
 
 
 def test_debug_shows_the_error_itself_instead_of_one_line():
-    with pytest.raises(SystemExit, match=r"at least 1; got 0. \(fisherkit --debug shows the traceback\)"):
+    with pytest.raises(SystemExit, match=r"at least 1; got 0 and 1. \(fisherkit --debug shows the traceback\)"):
         cli_main(["cl", "--threads", "0"])
-    with pytest.raises(UsageError, match="--threads must be at least 1"):
+    with pytest.raises(UsageError, match="--threads and --jobs must be at least 1"):
         cli_main(["--debug", "cl", "--threads", "0"])
+
+
+def test_parallel_jobs_give_the_matrices_of_one_process(tmp_path, capsys):
+    records = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}.json"
+        cli_main([*SMALL, "--tasks", "2", "--seeds", "2", "--methods", "naive", "ewc", "--strength", "1",
+                  "--jobs", jobs, "--out", str(out)])  # fmt: skip
+        records.append(json.loads(out.read_text())["methods"])
+    assert records[0] == records[1]
+    assert "ewc (1): average accuracy" in capsys.readouterr().out

@@ -19,6 +19,7 @@ from fisherkit.apps.continual.experiment import (
     format_summaries,
     run_method,
 )
+from fisherkit.apps.continual.parallel import SeedPool
 from fisherkit.apps.continual.scenarios import SETTINGS, Scenario, permuted_scenario, split_scenario
 from fisherkit.apps.continual.training import TrainConfig
 from fisherkit.apps.errors import UsageError
@@ -60,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-per-task", type=int, help="training samples per permuted task (default: all)")
     parser.add_argument("--fisher-samples", type=int, default=1000, help="samples per task to consolidate on")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one per process runs fastest when busy)")
+    parser.add_argument("--jobs", type=int, default=1, help="processes that train seeds and methods in parallel")
     parser.add_argument("--plot", type=Path, help="write the accuracy matrices and per-task curves to this PNG")
     parser.add_argument("--out", type=Path, help="write settings, seeds and accuracy matrices to this JSON file")
 
@@ -74,8 +76,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError("--setting applies to split scenarios; permuted scenarios are domain-incremental.")
     if args.data_dir is not None and not args.scenario.endswith("idx"):
         raise UsageError(f"--data-dir applies to the *-idx scenarios; {args.scenario} uses bundled data.")
-    if args.threads < 1:
-        raise UsageError(f"--threads must be at least 1; got {args.threads}.")
+    if args.threads < 1 or args.jobs < 1:
+        raise UsageError(f"--threads and --jobs must be at least 1; got {args.threads} and {args.jobs}.")
     for option, path in (("--plot", args.plot), ("--out", args.out)):
         if path is not None and not path.parent.resolve().is_dir():
             raise UsageError(f"{option} {path}: the directory {path.parent} does not exist.")
@@ -113,7 +115,7 @@ def settings_line(args: argparse.Namespace, scenario: Scenario) -> str:
         f"settings: {scenario.name}, {scenario.setting}-incremental, {len(scenario.tasks)} tasks; MLP "
         f"{'-'.join(map(str, args.hidden))}, Adam lr {args.lr:g}, {args.epochs} epochs per task, batch "
         f"{args.batch_size}, training samples per task {per_task}; Fisher {args.fisher} on "
-        f"{consolidated} samples per task; {args.threads} thread(s)"
+        f"{consolidated} samples per task; {args.jobs} process(es) of {args.threads} thread(s)"
     )
 
 
@@ -129,12 +131,21 @@ def run(args: argparse.Namespace, emit: Lines, progress: Lines) -> None:
         methods = [search(scenario, method, config, emit, progress) for method in methods]
     seeds = list(range(args.seeds))
     summaries: list[Summary] = []
-    for method in methods:
-        summaries.append(run_method(scenario, method, config, seeds, progress))
-        average, spread = summaries[-1].stat("average")
-        emit(f"{method.label}: average accuracy {100 * average:.1f} ± {100 * spread:.1f} over seeds {seeds}")
-        if args.out is not None:
-            write_results(args.out, args, scenario, summaries, seeds)
+    pool = SeedPool(scenario, config, args.jobs, args.threads) if args.jobs > 1 else None
+    try:
+        pending = [pool.submit(method, seeds) for method in methods] if pool is not None else []
+        for index, method in enumerate(methods):
+            if pool is None:
+                summaries.append(run_method(scenario, method, config, seeds, progress))
+            else:
+                summaries.append(pool.summary(method, pending[index]))
+            average, spread = summaries[-1].stat("average")
+            emit(f"{method.label}: average accuracy {100 * average:.1f} ± {100 * spread:.1f} over seeds {seeds}")
+            if args.out is not None:
+                write_results(args.out, args, scenario, summaries, seeds)
+    finally:
+        if pool is not None:
+            pool.close()
     emit("")
     emit(format_summaries(scenario, summaries, seeds))
     emit("\naccuracy matrices of seed 0 (rows: after training task j; columns: test accuracy on task i):")
