@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from fisherkit.apps.output import progress_line, report_line
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,25 +44,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"fisherkit {args.command}: {error} (fisherkit --debug shows the traceback)") from error
 
 
-def _emit(line: str) -> None:
-    """A line of a report, at once (also when stdout is a file or a pipe)."""
-    print(line, flush=True)
-
-
-def _progress(line: str) -> None:
-    """A progress line, on stderr, at once."""
-    print(line, file=sys.stderr, flush=True)
-
-
 def _run(args: argparse.Namespace) -> None:
     if args.command == "demo":
         from fisherkit.apps.continual.demo import run_demo
 
-        run_demo(_emit, _progress, epochs=args.epochs, seeds=args.seeds, plot=args.plot)
+        run_demo(report_line, progress_line, epochs=args.epochs, seeds=args.seeds, plot=args.plot)
     elif args.command == "cl":
         from fisherkit.apps.continual.command import run as run_cl
 
-        run_cl(args, _emit, _progress)
+        run_cl(args, report_line, progress_line)
     elif args.command == "fisher-types":
         from fisherkit.apps.fisher_types import run as run_fisher_types
 

@@ -15,10 +15,11 @@ from fisherkit.curvature.dense_block import DenseBlock
 class LowRankBlock(Block):
     """F = U diag(λ) Uᵀ + diag(d) over the flattened parameters of the block.
 
-    U holds k orthonormal eigenvectors of the Fisher with eigenvalues λ > 0 (the largest, from
-    ``FisherOperator.low_rank``); the diagonal remainder d ≥ 0 is what the eigenpairs leave of the
-    Fisher's diagonal, so that diag(F) is kept exactly. Solves and log-determinants use the Woodbury
-    identity and the matrix determinant lemma: O(p k²), never a (p, p) matrix.
+    U holds k orthonormal eigenvectors of the Fisher with eigenvalues λ > 0 (the largest, as the
+    ``"lowrank"`` structure finds them with ``FisherOperator.eigenpairs``); the diagonal remainder
+    d ≥ 0 is what the eigenpairs leave of the Fisher's diagonal, so that diag(F) is kept exactly.
+    Solves and log-determinants use the Woodbury identity and the matrix determinant lemma:
+    O(p k²), never a (p, p) matrix.
 
     Attributes:
         values: ``(k,)`` eigenvalues λ, positive.

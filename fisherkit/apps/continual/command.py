@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,10 +22,9 @@ from fisherkit.apps.continual.parallel import SeedPool
 from fisherkit.apps.continual.scenarios import SETTINGS, Scenario, permuted_scenario, split_scenario
 from fisherkit.apps.continual.training import TrainConfig
 from fisherkit.apps.errors import UsageError
+from fisherkit.apps.output import Lines
 from fisherkit.estimators import FISHER_TYPES
 
-Lines = Callable[[str], None]
-"""Where a command's lines go (printed at once by the command line)."""
 SCENARIOS = ("split-digits", "permuted-digits", "split-fashion", "permuted-fashion", "split-idx", "permuted-idx")
 
 

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
-from fisherkit.apps.continual.command import Lines, add_arguments, run
+from fisherkit.apps.continual.command import add_arguments, run
 from fisherkit.apps.continual.datasets import load_digits
 from fisherkit.apps.continual.model import MaskedMLP
 from fisherkit.apps.continual.scenarios import permuted_scenario
 from fisherkit.apps.continual.training import TrainConfig, train_task
+from fisherkit.apps.output import Lines
 from fisherkit.estimators import diagonal_fisher
 
 DEMO_DEFAULTS = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -19,6 +18,7 @@ from fisherkit.apps.continual.training import (
     train_jointly,
     train_task,
 )
+from fisherkit.apps.output import Lines
 from fisherkit.regularizers.ewc import EWC
 from fisherkit.regularizers.mas import MAS
 from fisherkit.regularizers.regularizer import Regularizer
@@ -73,17 +73,13 @@ class Method:
         return f"{self.name} ({self.strength:g}{extra})"
 
 
-Progress = Callable[[str], None]
-"""Receives one line per trained task (the command line prints it at once)."""
-
-
 def accuracy_matrix(
     scenario: Scenario,
     method: Method,
     config: TrainConfig,
     seed: int,
     split: str = "test",
-    progress: Progress | None = None,
+    progress: Lines | None = None,
 ) -> Tensor:
     """R[j, i]: accuracy on task i (``split``) after training task j; one row for joint training.
     ``progress`` gets a line after each task."""
@@ -110,7 +106,7 @@ def accuracy_matrix(
 
 
 def choose_strength(
-    scenario: Scenario, method: Method, config: TrainConfig, seed: int = 0, progress: Progress | None = None
+    scenario: Scenario, method: Method, config: TrainConfig, seed: int = 0, progress: Lines | None = None
 ) -> tuple[Method, list]:
     """The strength from ``STRENGTH_GRIDS`` with the best average *validation* accuracy (one seed).
     A strength whose training diverges scores 0.
@@ -146,7 +142,7 @@ class Summary:
 
 
 def run_method(
-    scenario: Scenario, method: Method, config: TrainConfig, seeds: list[int], progress: Progress | None = None
+    scenario: Scenario, method: Method, config: TrainConfig, seeds: list[int], progress: Lines | None = None
 ) -> Summary:
     """A method's accuracy matrices over ``seeds`` on ``scenario``."""
     return Summary(method, [accuracy_matrix(scenario, method, config, seed, "test", progress) for seed in seeds])

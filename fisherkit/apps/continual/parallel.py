@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
@@ -14,6 +13,7 @@ from torch import Tensor
 from fisherkit.apps.continual.experiment import Method, Summary, accuracy_matrix
 from fisherkit.apps.continual.scenarios import Scenario
 from fisherkit.apps.continual.training import TrainConfig
+from fisherkit.apps.output import progress_line
 
 _WORKER: dict[str, Any] = {}  # what a process trains: set once by its initializer
 
@@ -23,12 +23,8 @@ def _start_worker(scenario: Scenario, config: TrainConfig, threads: int) -> None
     _WORKER.update(scenario=scenario, config=config)
 
 
-def _progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def _matrix(method: Method, seed: int) -> Tensor:
-    return accuracy_matrix(_WORKER["scenario"], method, _WORKER["config"], seed, "test", _progress)
+    return accuracy_matrix(_WORKER["scenario"], method, _WORKER["config"], seed, "test", progress_line)
 
 
 class SeedPool:
