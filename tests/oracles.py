@@ -102,6 +102,11 @@ def _weighted_gradients(
             ignore = targets[n] == -100
         if fisher_type == "empirical":
             terms = [(1.0, targets[n])]
+        elif fisher_type == "predicted":  # the float64 model's own most probable label per position
+            label = output.argmax(-1) if likelihood == "categorical" else (output > 0).long()
+            if ignore is not None:
+                label[ignore] = -100
+            terms = [(1.0, label)]
         elif fisher_type == "mc":
             terms = []
             for draw in sampled:

@@ -150,6 +150,12 @@ CASES = [
     ),
 ]
 
+FISHER_TYPES = ("mc", "exact", "empirical", "predicted")
+CASES_AND_TYPES = [  # the predicted Fisher of a Gaussian is refused (test_diagonal_oracles)
+    (case, t) for case in CASES for t in FISHER_TYPES if not (case.likelihood == "gaussian" and t == "predicted")
+]
+CASE_AND_TYPE_IDS = [f"{case.name}-{t}" for case, t in CASES_AND_TYPES]
+
 
 def build_case(case: Case, seed: int = 0) -> tuple[nn.Module, Tensor, Tensor]:
     """The case's float64 model (with randomized BatchNorm statistics), inputs and random targets."""

@@ -83,7 +83,7 @@ def block_fisher(
         model: The model (``nn.Module``).
         data: Batches, as in ``diagonal_fisher``.
         likelihood: ``"categorical"``, ``"gaussian"``, ``"bernoulli"`` or a ``Likelihood``.
-        fisher_type: ``"mc"``, ``"exact"`` or ``"empirical"``.
+        fisher_type: ``"mc"``, ``"exact"``, ``"empirical"`` or ``"predicted"``.
         **options: The shared options, ``fisherkit.EstimationOptions``; here ``memory_budget`` bounds
             the dense blocks together (and one chunk of per-sample gradients): the estimator refuses,
             saying what it would need, beyond it.

@@ -33,7 +33,7 @@ def diagonal_fisher(
             sequences, or dicts of named inputs such as Hugging Face collators yield), a tensor of
             inputs, or ``(inputs, targets)`` tensors split into ``batch_size`` rows.
         likelihood: ``"categorical"``, ``"gaussian"``, ``"bernoulli"`` or a ``Likelihood``.
-        fisher_type: ``"mc"`` (true Fisher, sampled labels; default), ``"exact"`` or ``"empirical"``.
+        fisher_type: ``"mc"`` (true Fisher, sampled labels; default), ``"exact"``, ``"empirical"`` or ``"predicted"``.
         **options: The shared estimator options, ``fisherkit.EstimationOptions`` (``mc_samples``,
             ``engine``, ``fallback``, ``batch_size``, ``seed``, ``generator``, ``progress``,
             ``memory_budget``, and the batch layout ``inputs``, ``target``, ``output``, ``causal``).

@@ -1,4 +1,4 @@
-"""The three Fisher types as the columns s that are backpropagated through the model.
+"""The Fisher types as the columns s that are backpropagated through the model.
 
 For a batch with outputs f the diagonal accumulates Σ_{k,n} (J_nᵀ s_{k,n})², where J_n is the
 Jacobian of f_n with respect to the parameters and s_k comes from the type:
@@ -7,6 +7,9 @@ Jacobian of f_n with respect to the parameters and s_k comes from the type:
 - ``exact``: s_k are the columns of a square root of the output Fisher (the expectation over y
   in closed form; equals the GGN for canonical links);
 - ``empirical``: s = ∇_f[−log p(y | f)] with the dataset labels y. Not a curvature estimate.
+- ``predicted``: s = ∇_f[−log p(ŷ | f)] with ŷ the model's most probable target (arg max of the
+  logits). Not an unbiased estimate of the Fisher either: the approximation that the EWC code of
+  van de Ven & Tolias (2019) and Hsu et al. (2018) uses, offered to reproduce their protocols.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import Tensor
 from fisherkit.errors import NonFiniteFisherError
 from fisherkit.likelihoods import Likelihood
 
-FISHER_TYPES = ("mc", "exact", "empirical")
+FISHER_TYPES = ("mc", "exact", "empirical", "predicted")
 
 
 def make_columns_fn(
@@ -38,7 +41,7 @@ def make_columns_fn(
 
     Args:
         likelihood: The output distribution.
-        fisher_type: ``"mc"``, ``"exact"`` or ``"empirical"``.
+        fisher_type: ``"mc"``, ``"exact"``, ``"empirical"`` or ``"predicted"``.
         target: The batch's targets, or None.
         mc_samples: Draws per sample for ``"mc"``.
         generator: For the draws.
@@ -69,11 +72,14 @@ def make_columns_fn(
         elif fisher_type == "empirical":
             assert target is not None  # the batch reader refuses the empirical Fisher without labels
             columns = likelihood.grad_nll(output, target).unsqueeze(0)
-        else:
-            draws = [likelihood.grad_nll(output, likelihood.sample(output, generator)) for _ in range(mc_samples)]
-            columns = torch.stack(draws)
-            if mc_samples > 1:
-                columns /= math.sqrt(mc_samples)
+        else:  # labels of the model's own: its most probable one, or draws from it
+            if fisher_type == "predicted":
+                columns = likelihood.grad_nll(output, likelihood.mode(output)).unsqueeze(0)
+            else:
+                draws = [likelihood.grad_nll(output, likelihood.sample(output, generator)) for _ in range(mc_samples)]
+                columns = torch.stack(draws)
+                if mc_samples > 1:
+                    columns /= math.sqrt(mc_samples)
             mask = likelihood.mask(output, target)
             columns = columns if mask is None else columns * mask
         return columns if real is None else columns * real

@@ -290,7 +290,7 @@ def kfac_fisher(
         model: The model (``nn.Module``).
         data: Batches, as in ``diagonal_fisher``.
         likelihood: ``"categorical"``, ``"gaussian"``, ``"bernoulli"`` or a ``Likelihood``.
-        fisher_type: ``"mc"``, ``"exact"`` or ``"empirical"``.
+        fisher_type: ``"mc"``, ``"exact"``, ``"empirical"`` or ``"predicted"``.
         approximation: ``"expand"`` or ``"reduce"`` for layers whose weights are shared over
             positions (sequences, conv locations); the same when there is one position.
         **options: The shared options, ``fisherkit.EstimationOptions`` (the layerwise engine

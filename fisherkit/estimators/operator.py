@@ -37,7 +37,7 @@ class FisherOperator:
     Args:
         model, data, likelihood: As in ``diagonal_fisher``; every module is supported (no layer
             rules are involved).
-        fisher_type: ``"exact"`` (default), ``"mc"`` or ``"empirical"``.
+        fisher_type: ``"exact"`` (default), ``"mc"``, ``"empirical"`` or ``"predicted"``.
         seed: Seed of the MC draws.
         **options: ``fisherkit.EstimationOptions`` (``mc_samples``, ``batch_size``, ``progress``
             (default False), the batch layout); ``engine``, ``fallback`` and ``memory_budget`` play

@@ -41,7 +41,9 @@ class EstimationOptions:
         likelihood: ``"categorical"``, ``"gaussian"``, ``"bernoulli"`` or a ``Likelihood``.
         fisher_type: ``"mc"`` (true Fisher, sampled labels; default), ``"exact"`` (closed-form
             expectation over labels, one batched backward of the output-Fisher square root) or
-            ``"empirical"`` (dataset labels; cheap but not a curvature estimate).
+            ``"empirical"`` (dataset labels; cheap but not a curvature estimate) or ``"predicted"``
+            (the model's most probable label; not a curvature estimate either, offered to reproduce
+            the EWC protocols that use it).
         mc_samples: Label draws per sample for ``"mc"``.
         engine: ``"auto"``, ``"layerwise"`` (hooks and layer rules) or ``"vmap"`` (torch.func).
         fallback: Serve modules without a registered rule by per-layer ``torch.func`` gradients

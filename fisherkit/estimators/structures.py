@@ -94,7 +94,7 @@ def fisher(
         model: The model (``nn.Module``).
         data: Batches, as in ``diagonal_fisher``.
         likelihood: ``"categorical"``, ``"gaussian"``, ``"bernoulli"`` or a ``Likelihood``.
-        fisher_type: ``"mc"``, ``"exact"`` or ``"empirical"``.
+        fisher_type: ``"mc"``, ``"exact"``, ``"empirical"`` or ``"predicted"``.
         structure: ``"diagonal"``, ``"kfac"``, ``"ekfac"``, ``"block"``, ``"full"``, ``"lowrank"`` or one added
             with ``register_structure``.
         **options: The shared ``EstimationOptions`` and the structure's own keywords.

@@ -42,6 +42,18 @@ class Likelihood(ABC):
     def sample(self, output: Tensor, generator: torch.Generator | None) -> Tensor:
         """Draws y ~ p(y | f) with the shape and dtype of a target for ``output``."""
 
+    def mode(self, output: Tensor) -> Tensor:
+        """The most probable target for ``output`` (shape and dtype of a target), for
+        ``fisher_type="predicted"``.
+
+        Raises:
+            ValueError: The likelihood defines none (the default), or its gradient vanishes there.
+        """
+        raise ValueError(
+            f"fisher_type='predicted' needs the most probable target, which the {type(self).__name__} likelihood "
+            f"does not define (a mode() method); use fisher_type='mc' or 'exact'."
+        )
+
     @abstractmethod
     def log_prob(self, output: Tensor, target: Tensor) -> Tensor:
         """Per-sample log p(y_n | f_n), shape ``(B,)``, differentiable in ``output``."""

@@ -35,6 +35,10 @@ class Bernoulli(Likelihood):
     def sample(self, output: Tensor, generator: torch.Generator | None) -> Tensor:
         return torch.bernoulli(output.detach().sigmoid(), generator=generator)
 
+    def mode(self, output: Tensor) -> Tensor:
+        """1 where σ(f) > ½ (a positive logit), else 0."""
+        return (output.detach() > 0).to(output.dtype)
+
     def log_prob(self, output: Tensor, target: Tensor) -> Tensor:
         per_element = -binary_cross_entropy_with_logits(output, target.to(output.dtype), reduction="none")
         return per_element.reshape(output.shape[0], -1).sum(1)

@@ -81,6 +81,10 @@ class Categorical(Likelihood):
         drawn = torch.searchsorted(cumulative, uniform * cumulative[:, -1:], right=True).clamp_(max=probs.shape[1] - 1)
         return drawn.reshape(output.shape[:-1])
 
+    def mode(self, output: Tensor) -> Tensor:
+        """The most probable class (arg max of the logits) at every position."""
+        return output.detach().argmax(-1)
+
     def log_prob(self, output: Tensor, target: Tensor) -> Tensor:
         valid = target != self.ignore_index
         safe = torch.where(valid, target, torch.zeros_like(target))

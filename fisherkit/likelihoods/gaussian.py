@@ -74,6 +74,13 @@ class Gaussian(Likelihood):
         deviation = variance.sqrt() if isinstance(variance, Tensor) else math.sqrt(variance)
         return output.detach() + deviation * noise
 
+    def mode(self, output: Tensor) -> Tensor:
+        """Refused: at the mode y = f the gradient of log p vanishes, so that Fisher would be zero."""
+        raise ValueError(
+            "fisher_type='predicted' is zero for a Gaussian likelihood: the log-likelihood's gradient vanishes at "
+            "its most probable target y = f. Use fisher_type='mc' or 'exact'."
+        )
+
     def log_prob(self, output: Tensor, target: Tensor) -> Tensor:
         variance = torch.as_tensor(self._variance(output), dtype=output.dtype, device=output.device)
         per_element = -0.5 * (target - output) ** 2 / variance - 0.5 * torch.log(2 * math.pi * variance)

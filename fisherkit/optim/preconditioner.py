@@ -71,7 +71,7 @@ class NGDPreconditioner:
         model: The model; its trainable parameters (or ``parameters``) are preconditioned.
         structure: A registered Fisher structure (``fisherkit.STRUCTURES``: ``"diagonal"``,
             ``"kfac"``, ``"ekfac"``, ``"block"``, ``"full"``).
-        fisher_type: ``"mc"`` (true Fisher, default), ``"exact"`` or ``"empirical"`` (needs
+        fisher_type: ``"mc"`` (true Fisher, default), ``"exact"``, ``"predicted"`` or ``"empirical"`` (needs
             ``targets`` passed to ``precondition``).
         likelihood: ``"categorical"``, ``"gaussian"``, ``"bernoulli"`` or a ``Likelihood``.
         damping: λ > 0 (Tikhonov; π-damped for Kronecker blocks when ``pi_damping``), a number or a

@@ -38,7 +38,7 @@ class EWC(Regularizer):
         decay: γ ∈ [0, 1] for ``"online"``.
         structure: A registered Fisher structure (``fisherkit.STRUCTURES``: ``"diagonal"``,
             ``"kfac"``, ``"ekfac"``, ``"block"``, ``"full"``).
-        fisher_type: ``"mc"`` (default), ``"exact"`` or ``"empirical"``.
+        fisher_type: ``"mc"`` (default), ``"exact"``, ``"empirical"`` or ``"predicted"``.
         **estimator_options: Passed to ``fisherkit.fisher`` (``EstimationOptions`` such as
             ``likelihood``, ``mc_samples``, ``seed``, ``batch_size``, and the structure's own, such as
             ``approximation``); checked here, before any training.

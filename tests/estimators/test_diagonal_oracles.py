@@ -7,7 +7,7 @@ import pytest
 import torch
 from oracles import TOLERANCES, brute_force_diagonal, brute_force_per_sample_trace, dense_ggn, flatten
 from replay import replay_draws
-from zoo import CASES, build_case
+from zoo import CASE_AND_TYPE_IDS, CASES, CASES_AND_TYPES, build_case
 
 import fisherkit as fk
 
@@ -15,8 +15,7 @@ ENGINES = ["layerwise", "vmap"]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("fisher_type", ["mc", "exact", "empirical"])
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case, fisher_type", CASES_AND_TYPES, ids=CASE_AND_TYPE_IDS)
 def test_diagonal_matches_per_sample_loop(case, fisher_type, engine):
     model, inputs, targets = build_case(case)
     mc_samples = 3
@@ -40,6 +39,13 @@ def test_diagonal_matches_per_sample_loop(case, fisher_type, engine):
         assert got.dtype == torch.float64
         torch.testing.assert_close(got, want, **TOLERANCES[torch.float64], msg=name)
     assert float(flatten(expected).abs().sum()) > 0
+
+
+def test_predicted_fisher_of_a_gaussian_is_refused_with_the_reason():
+    case = next(c for c in CASES if c.likelihood == "gaussian")
+    model, inputs, _ = build_case(case)
+    with pytest.raises(ValueError, match="zero for a Gaussian likelihood.*Use fisher_type='mc' or 'exact'"):
+        fk.diagonal_fisher(model, inputs, "gaussian", "predicted")
 
 
 @pytest.mark.parametrize("engine", ENGINES)

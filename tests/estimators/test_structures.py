@@ -8,7 +8,7 @@ from oracles import TOLERANCES, brute_force_dense, flatten
 from replay import replay_draws
 from torch import nn
 from torch.nn import functional
-from zoo import CASES, MeanOverPositions, build_case
+from zoo import CASE_AND_TYPE_IDS, CASES, CASES_AND_TYPES, MeanOverPositions, build_case
 
 import fisherkit as fk
 
@@ -60,8 +60,7 @@ ESTIMATORS = {
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
-@pytest.mark.parametrize("fisher_type", ["mc", "exact", "empirical"])
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case, fisher_type", CASES_AND_TYPES, ids=CASE_AND_TYPE_IDS)
 def test_block_and_full_equal_the_per_sample_loop(case, fisher_type, estimator):
     model, inputs, targets = build_case(case)
     fisher = ESTIMATORS[estimator](
@@ -95,7 +94,7 @@ def _one_position_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
 
 
 @pytest.mark.parametrize("structure", ["kfac", "ekfac"])
-@pytest.mark.parametrize("fisher_type", ["mc", "exact", "empirical"])
+@pytest.mark.parametrize("fisher_type", ["mc", "exact", "empirical", "predicted"])
 @pytest.mark.parametrize("name", ["linear-layernorm", "conv", "embedding"])
 def test_kronecker_structures_are_exact_for_one_sample_at_one_position(name, fisher_type, structure):
     model, x = _one_position_models()[name]
