@@ -19,8 +19,9 @@ def test_help_shows_every_default_and_says_what_a_strength_means(capsys):
         cli_main(["cl", "--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for words in ("--seeds SEEDS seeds 0 … N−1 per method (default: 3)", "training epochs per task (default: 2)",
-                  "Adam's learning rate (default: 0.001)", "hidden layer widths of the MLP (default: [256, 256])",
+    for words in ("--seeds SEEDS seeds 0 … N−1 per method (default: 3)", "training epochs per task (default: 2;",
+                  "Adam's learning rate (default: 0.001; set by a --protocol)",
+                  "hidden layer widths of the MLP (default: [256, 256]; set by a --protocol)",
                   "torch threads", "chosen on validation data", "one value for every regularized method"):  # fmt: skip
         assert words in text, words
 

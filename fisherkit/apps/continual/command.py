@@ -19,6 +19,7 @@ from fisherkit.apps.continual.experiment import (
     run_method,
 )
 from fisherkit.apps.continual.parallel import SeedPool
+from fisherkit.apps.continual.protocols import PROTOCOLS, Protocol
 from fisherkit.apps.continual.scenarios import SETTINGS, Scenario, permuted_scenario, split_scenario
 from fisherkit.apps.continual.training import TrainConfig
 from fisherkit.apps.errors import UsageError
@@ -31,33 +32,77 @@ SCENARIOS = ("split-digits", "permuted-digits", "split-fashion", "permuted-fashi
 DESCRIPTION = """Trains each method through the tasks of a scenario, for every seed, and prints a table of
 average accuracy, backward transfer and forgetting, with the accuracy matrices. Without --strength,
 each regularized method's strength is chosen on validation data (seed 0) from its grid; --strength
-sets one value for every regularized method (λ for EWC and MAS, c for SI). Progress goes to stderr
-one line per trained task; each method's results are printed (and written to --out) as soon as they
-exist."""
+sets one value for every regularized method (λ for EWC and MAS, c for SI). --protocol NAME runs a
+published experiment with every setting of the paper and its authors' code (on Fashion-MNIST, or
+the MNIST-format files in --data-dir) and prints the published numbers beside ours. Progress goes
+to stderr one line per trained task; each method's results are printed (and written to --out) as
+soon as they exist."""
+
+DEFAULTS = {  # options a --protocol sets; without one, these values
+    "scenario": "split-digits",
+    "setting": None,
+    "tasks": None,
+    "fisher": "mc",
+    "strength": None,
+    "search": False,
+    "decay": 1.0,
+    "epochs": 2,
+    "iterations": None,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "hidden": [256, 256],
+    "train_per_task": None,
+    "fisher_samples": 1000,
+}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows argparse's defaults, except None and those of the options a --protocol sets (their help
+    says theirs)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.dest in DEFAULTS or action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``cl`` command's options to ``parser`` (its help shows every default)."""
     parser.description = DESCRIPTION
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    parser.add_argument("--scenario", choices=SCENARIOS, default="split-digits", help="data and task split")
-    parser.add_argument("--data-dir", type=Path, help="directory of MNIST-format IDX files (*-idx scenarios only)")
-    parser.add_argument("--setting", choices=SETTINGS, help="incremental setting of split scenarios (default: task)")
-    parser.add_argument("--tasks", type=int, help="number of tasks (default: split 5, permuted 10)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to run")
-    parser.add_argument("--fisher", choices=FISHER_TYPES, default="mc", help="EWC's Fisher type")
+    parser.formatter_class = _HelpFormatter
+    set_by = "; set by a --protocol"
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), help="a published experiment (docs: Protocols)")
+    parser.add_argument("--scenario", choices=SCENARIOS, help=f"data and task split (default: split-digits{set_by})")
+    parser.add_argument("--data-dir", type=Path, help="directory of MNIST-format IDX files (*-idx scenarios, or a "
+                        "--protocol's data instead of Fashion-MNIST)")  # fmt: skip
     parser.add_argument(
-        "--strength", type=float, help="λ (EWC, MAS) or c (SI) for every regularized method (default: search)"
+        "--setting", choices=SETTINGS, help=f"incremental setting of split scenarios (default: task{set_by})"
     )
-    parser.add_argument("--search", action="store_true", help="choose each strength on validation data (seed 0)")
-    parser.add_argument("--decay", type=float, default=1.0, help="online EWC's γ")
+    parser.add_argument("--tasks", type=int, help=f"number of tasks (default: split 5, permuted 10{set_by})")
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, help="methods to run (default: all, or the protocol's)"
+    )
+    parser.add_argument("--fisher", choices=FISHER_TYPES, help=f"EWC's Fisher type (default: mc{set_by})")
+    parser.add_argument(
+        "--strength", type=float, help=f"λ (EWC, MAS) or c (SI) for every regularized method (default: search{set_by})"
+    )
+    parser.add_argument("--search", action="store_true", default=None,
+                        help="choose each strength on validation data (seed 0)")  # fmt: skip
+    parser.add_argument("--decay", type=float, help=f"online EWC's γ (default: 1.0{set_by})")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 … N−1 per method")
-    parser.add_argument("--epochs", type=int, default=2, help="training epochs per task")
-    parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="hidden layer widths of the MLP")
+    parser.add_argument("--epochs", type=int, help="training epochs per task (default: 2; a --protocol's own, "
+                        "shorter for a CPU budget where the protocol counts epochs)")  # fmt: skip
+    parser.add_argument("--iterations", type=int, help="optimizer steps per task instead of epochs (a --protocol's "
+                        "own, shorter for a CPU budget where the protocol counts iterations)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, help=f"training batch size (default: 64{set_by})")
+    parser.add_argument("--lr", type=float, help=f"Adam's learning rate (default: 0.001{set_by})")
+    parser.add_argument(
+        "--hidden", type=int, nargs="+", help=f"hidden layer widths of the MLP (default: [256, 256]{set_by})"
+    )
     parser.add_argument("--train-per-task", type=int, help="training samples per permuted task (default: all)")
-    parser.add_argument("--fisher-samples", type=int, default=1000, help="samples per task to consolidate on")
+    parser.add_argument(
+        "--fisher-samples", type=int, help=f"samples per task to consolidate on (default: 1000{set_by})"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one per process runs fastest when busy)")
     parser.add_argument("--jobs", type=int, default=1, help="processes that train seeds and methods in parallel")
     parser.add_argument("--plot", type=Path, help="write the accuracy matrices and per-task curves to this PNG")
@@ -65,15 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Refuses options that do not apply to the scenario and output paths or extras that would fail
-    only after the work (raises ``UsageError`` or ``ImportError``)."""
-    split = args.scenario.startswith("split")
-    if split and args.train_per_task is not None:
-        raise UsageError("--train-per-task applies to permuted scenarios; split scenarios use every sample.")
-    if not split and args.setting is not None:
-        raise UsageError("--setting applies to split scenarios; permuted scenarios are domain-incremental.")
-    if args.data_dir is not None and not args.scenario.endswith("idx"):
-        raise UsageError(f"--data-dir applies to the *-idx scenarios; {args.scenario} uses bundled data.")
+    """Refuses options that do not apply to the scenario or protocol, and output paths or extras
+    that would fail only after the work (raises ``UsageError`` or ``ImportError``); then fills in
+    the defaults of the options left out."""
     if args.threads < 1 or args.jobs < 1:
         raise UsageError(f"--threads and --jobs must be at least 1; got {args.threads} and {args.jobs}.")
     for option, path in (("--plot", args.plot), ("--out", args.out)):
@@ -84,6 +123,41 @@ def check_arguments(args: argparse.Namespace) -> None:
             import matplotlib  # noqa: F401
         except ImportError as error:
             raise ImportError("--plot needs matplotlib: pip install 'fisherkit[plots]'") from error
+    if args.protocol is not None:
+        return _check_protocol_arguments(args, PROTOCOLS[args.protocol])
+    for key, value in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.methods = args.methods or list(METHODS)
+    split = args.scenario.startswith("split")
+    if split and args.train_per_task is not None:
+        raise UsageError("--train-per-task applies to permuted scenarios; split scenarios use every sample.")
+    if not split and args.setting is not None:
+        raise UsageError("--setting applies to split scenarios; permuted scenarios are domain-incremental.")
+    if args.data_dir is not None and not args.scenario.endswith("idx"):
+        raise UsageError(f"--data-dir applies to the *-idx scenarios; {args.scenario} uses bundled data.")
+
+
+def _check_protocol_arguments(args: argparse.Namespace, protocol: Protocol) -> None:
+    budget = protocol.budget_option.lstrip("-")
+    for key in DEFAULTS:
+        if key != budget and getattr(args, key) not in (None, False):
+            option = "--" + key.replace("_", "-")
+            shorter = f"; {protocol.budget_option} shortens its training" if key in ("epochs", "iterations") else ""
+            raise UsageError(
+                f"{option} is set by --protocol {protocol.name}; drop it (the protocol's settings are printed "
+                f"first{shorter})."
+            )
+    value = getattr(args, budget)
+    if value is not None and value < 1:
+        raise UsageError(f"{protocol.budget_option} must be at least 1; got {value}.")
+    unknown = [m for m in args.methods or () if m not in protocol.methods]
+    if unknown:
+        raise UsageError(
+            f"--protocol {protocol.name} compares {', '.join(protocol.methods)}; it has no setting for "
+            f"{', '.join(unknown)}."
+        )
+    args.methods = args.methods or list(protocol.methods)
 
 
 def load_dataset(scenario: str, data_dir: Path | None) -> Dataset:
@@ -98,23 +172,45 @@ def load_dataset(scenario: str, data_dir: Path | None) -> Dataset:
 
 
 def build_scenario(args: argparse.Namespace) -> Scenario:
-    """The Split or Permuted scenario the command's options describe."""
+    """The Split or Permuted scenario the command's options (or protocol) describe."""
+    if args.protocol is not None:
+        dataset = load_fashion_mnist() if args.data_dir is None else load_idx_directory(args.data_dir)
+        return PROTOCOLS[args.protocol].scenario(dataset)
     dataset = load_dataset(args.scenario, args.data_dir)
     if args.scenario.startswith("split"):
         return split_scenario(dataset, args.setting or "task", args.tasks or 5)
     return permuted_scenario(dataset, args.tasks or 10, train_per_task=args.train_per_task)
 
 
-def settings_line(args: argparse.Namespace, scenario: Scenario) -> str:
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """How each task is trained: the protocol's settings, or the options'."""
+    if args.protocol is not None:
+        return PROTOCOLS[args.protocol].config(args.iterations, args.epochs)
+    return TrainConfig(args.epochs, args.batch_size, args.lr, "adam", tuple(args.hidden), args.fisher_samples,
+                       args.iterations)  # fmt: skip
+
+
+def settings_line(args: argparse.Namespace, scenario: Scenario, config: TrainConfig) -> str:
     """The settings a table was made with."""
+    processes = f"{args.jobs} process(es) of {args.threads} thread(s)"
+    if args.protocol is not None:
+        return f"settings: {PROTOCOLS[args.protocol].describe(config, scenario)}; {processes}"
     per_task = "all" if args.train_per_task is None else args.train_per_task
     consolidated = "all" if args.fisher_samples is None else args.fisher_samples
+    length = f"{config.epochs} epochs" if config.iterations is None else f"{config.iterations} iterations"
     return (
         f"settings: {scenario.name}, {scenario.setting}-incremental, {len(scenario.tasks)} tasks; MLP "
-        f"{'-'.join(map(str, args.hidden))}, Adam lr {args.lr:g}, {args.epochs} epochs per task, batch "
+        f"{'-'.join(map(str, args.hidden))}, Adam lr {args.lr:g}, {length} per task, batch "
         f"{args.batch_size}, training samples per task {per_task}; Fisher {args.fisher} on "
-        f"{consolidated} samples per task; {args.jobs} process(es) of {args.threads} thread(s)"
+        f"{consolidated} samples per task; {processes}"
     )
+
+
+def methods_to_run(args: argparse.Namespace) -> list[Method]:
+    """The methods with their hyperparameters: the protocol's, or the options'."""
+    if args.protocol is not None:
+        return [PROTOCOLS[args.protocol].method(name) for name in args.methods]
+    return [Method(name, args.strength or 0.0, args.fisher, args.decay) for name in args.methods]
 
 
 def run(args: argparse.Namespace, emit: Lines, progress: Lines) -> None:
@@ -122,10 +218,10 @@ def run(args: argparse.Namespace, emit: Lines, progress: Lines) -> None:
     check_arguments(args)
     torch.set_num_threads(args.threads)
     scenario = build_scenario(args)
-    config = TrainConfig(args.epochs, args.batch_size, args.lr, "adam", tuple(args.hidden), args.fisher_samples)
-    methods = [Method(name, args.strength or 0.0, args.fisher, args.decay) for name in args.methods]
-    emit(settings_line(args, scenario))
-    if args.search or args.strength is None:
+    config = train_config(args)
+    methods = methods_to_run(args)
+    emit(settings_line(args, scenario, config))
+    if args.protocol is None and (args.search or args.strength is None):
         methods = [search(scenario, method, config, emit, progress) for method in methods]
     seeds = list(range(args.seeds))
     summaries: list[Summary] = []
@@ -146,6 +242,8 @@ def run(args: argparse.Namespace, emit: Lines, progress: Lines) -> None:
             pool.close()
     emit("")
     emit(format_summaries(scenario, summaries, seeds))
+    if args.protocol is not None:
+        emit("\n" + format_comparison(PROTOCOLS[args.protocol], summaries, seeds))
     emit("\naccuracy matrices of seed 0 (rows: after training task j; columns: test accuracy on task i):")
     for summary in summaries:
         emit("\n" + format_matrix(summary.matrices[0], summary.method.label))
@@ -154,6 +252,27 @@ def run(args: argparse.Namespace, emit: Lines, progress: Lines) -> None:
     if args.plot:
         plot_summaries(scenario, summaries, args.plot, len(seeds))
         emit(f"wrote {args.plot}")
+
+
+def format_comparison(protocol: Protocol, summaries: list[Summary], seeds: list[int]) -> str:
+    """Our average accuracy beside the published one, method by method (a Markdown table)."""
+    lines = [
+        f"beside {protocol.source.label} (average test accuracy after the last task, %; ours: mean ± std over "
+        f"seeds {seeds}; published: MNIST)",
+        "",
+        "| method | ours | published | ours − published |",
+        "|---|---:|---:|---:|",
+    ]
+    for summary in summaries:
+        mean, std = summary.stat("average")
+        published = protocol.published.get(summary.method.name)
+        if published is None:
+            lines.append(f"| {summary.method.label} | {100 * mean:.1f} ± {100 * std:.1f} | — | — |")
+        else:
+            difference = 100 * mean - published
+            lines.append(f"| {summary.method.label} | {100 * mean:.1f} ± {100 * std:.1f} | {published:.2f} | "
+                         f"{difference:+.1f} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def search(scenario: Scenario, method: Method, config: TrainConfig, emit: Lines, progress: Lines) -> Method:
@@ -175,8 +294,12 @@ def write_results(
 ) -> None:
     """The machine-readable record so far (settings, seeds, every method's accuracy matrices), written
     to a temporary file and moved over ``path``, so an interruption never leaves half a file."""
+    protocol = PROTOCOLS.get(args.protocol or "")
     record = {
         "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        "protocol": None if protocol is None else {"name": protocol.name, "paper": protocol.source.paper,
+                                                    "code": protocol.source.code, "published": dict(protocol.published),
+                                                    "settings": protocol.describe(train_config(args), scenario)},
         "scenario": {"name": scenario.name, "setting": scenario.setting, "tasks": len(scenario.tasks)},
         "seeds": seeds,
         "methods": [

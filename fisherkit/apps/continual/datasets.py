@@ -3,6 +3,7 @@ Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package, and any directory
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,3 +140,27 @@ def load_idx_directory(directory: str | Path, name: str | None = None, max_bytes
 def load_fashion_mnist() -> Dataset:
     """Fashion-MNIST (MIT) from ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``)."""
     return load_idx_directory(FASHION_MNIST_DIR, "fashion-mnist")
+
+
+def prepared(dataset: Dataset, pad: int = 0, normalize: tuple[float, float] | None = None) -> Dataset:
+    """The dataset as a protocol feeds it to its network: square images zero-padded by ``pad``
+    pixels on every side (28×28 → 32×32 with 2), then standardized as (x − mean) / std.
+
+    Raises:
+        ValueError: ``pad`` > 0 on images that are not square.
+    """
+    if pad == 0 and normalize is None:
+        return dataset
+
+    def transform(images: Tensor) -> Tensor:
+        if pad:
+            side = math.isqrt(images.shape[1])
+            if side * side != images.shape[1]:
+                raise ValueError(f"padding needs square images; {dataset.name} has {images.shape[1]} pixels.")
+            images = torch.nn.functional.pad(images.reshape(-1, side, side), (pad, pad, pad, pad)).flatten(1)
+        if normalize is not None:
+            mean, std = normalize
+            images = (images - mean) / std
+        return images
+
+    return Dataset(dataset.name, transform(dataset.train_x), dataset.train_y, transform(dataset.test_x), dataset.test_y)

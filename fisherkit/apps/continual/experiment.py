@@ -15,8 +15,8 @@ from fisherkit.apps.continual.training import (
     TrainConfig,
     TrainingDiverged,
     accuracy_row,
-    train_jointly,
     train_task,
+    train_union,
 )
 from fisherkit.apps.output import Lines
 from fisherkit.regularizers.ewc import EWC
@@ -41,14 +41,16 @@ class Method:
     Attributes:
         name: One of ``METHODS``.
         strength: λ (EWC, MAS) or c (SI); ignored by naive and joint.
-        fisher_type: EWC's Fisher type (``"mc"``, ``"exact"``, ``"empirical"``).
+        fisher_type: EWC's Fisher type (``fisherkit.FISHER_TYPES``).
         decay: Online EWC's γ.
+        damping: SI's ξ.
     """
 
     name: str
     strength: float = 0.0
     fisher_type: str = "mc"
     decay: float = 1.0
+    damping: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:
@@ -60,7 +62,7 @@ class Method:
             structure = "kfac" if self.name == "kfac-ewc" else "diagonal"
             return [EWC(model, self.strength, mode, self.decay, structure, self.fisher_type, seed=seed)]
         if self.name == "si":
-            return [SynapticIntelligence(model, self.strength)]
+            return [SynapticIntelligence(model, self.strength, self.damping)]
         if self.name == "mas":
             return [MAS(model, self.strength)]
         return []
@@ -81,22 +83,27 @@ def accuracy_matrix(
     split: str = "test",
     progress: Lines | None = None,
 ) -> Tensor:
-    """R[j, i]: accuracy on task i (``split``) after training task j; one row for joint training.
-    ``progress`` gets a line after each task."""
+    """R[j, i]: accuracy on task i (``split``) after training task j; one row (after the last
+    task) for joint training. ``progress`` gets a line after each task."""
+    scenario = scenario.for_seed(seed)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = MaskedMLP(scenario.num_features, config.hidden, scenario.num_outputs)
+    model = MaskedMLP(scenario.num_features, config.hidden, scenario.tasks[0].outputs)
+    optimizer = None
     if method.name == "joint":
-        train_jointly(model, scenario.tasks, config, generator)
+        cumulative = config.joint == "cumulative"
+        for end in range(1, len(scenario.tasks) + 1) if cumulative else [len(scenario.tasks)]:
+            optimizer = train_union(model, scenario.tasks[:end], config, generator, optimizer)
+            if progress is not None:
+                progress(f"{method.label}, seed {seed}: tasks 1–{end} of {len(scenario.tasks)} trained jointly")
         row = accuracy_row(model, scenario, split)
         if progress is not None:
-            progress(f"{method.label}, seed {seed}: all {len(scenario.tasks)} tasks jointly, mean {split} "
-                     f"accuracy {100 * sum(row) / len(row):.1f}")  # fmt: skip
+            progress(f"{method.label}, seed {seed}: mean {split} accuracy {100 * sum(row) / len(row):.1f}")
         return torch.tensor([row])
     regularizers = method.regularizers(model, seed)
     rows = []
     for index, task in enumerate(scenario.tasks):
-        train_task(model, task, config, regularizers, generator)
+        optimizer = train_task(model, task, config, regularizers, generator, optimizer)
         rows.append(accuracy_row(model, scenario, split))
         if progress is not None:
             seen = rows[-1][: index + 1]
