@@ -34,7 +34,11 @@ class MAS(Regularizer):
         self.anchor: dict[str, Tensor] = {}
 
     def end_task(self, data: Any) -> None:
-        """Adds this task's importance (inputs of ``data``; labels are ignored) and moves the anchor."""
+        """Adds this task's importance (inputs of ``data``; labels are ignored) and moves the anchor.
+
+        Memory: the magnitudes need each sample's gradient, so a batch of B samples holds B × (the
+        largest layer's parameters) values at once; give ``data`` in batches that fit (a ``(x, y)``
+        tuple is split by ``batch_size``, default 256)."""
         was_training = self.model.training
         self.model.eval()
         try:

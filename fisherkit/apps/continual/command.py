@@ -250,7 +250,10 @@ def run(args: argparse.Namespace, emit: Lines, progress: Lines) -> None:
     if args.out is not None:
         emit(f"\nwrote {args.out}")
     if args.plot:
-        plot_summaries(scenario, summaries, args.plot, len(seeds))
+        title = f"{scenario.name} ({scenario.setting}-incremental)"
+        if args.protocol is not None:
+            title = f"{args.protocol}: {title}"
+        plot_summaries(summaries, args.plot, len(seeds), title)
         emit(f"wrote {args.plot}")
 
 
@@ -313,7 +316,7 @@ def write_results(
     temporary.replace(path)
 
 
-def plot_summaries(scenario: Scenario, summaries: list[Summary], path: Path, seeds: int) -> None:
+def plot_summaries(summaries: list[Summary], path: Path, seeds: int, title: str) -> None:
     """Accuracy matrices of seed 0 (cells of tasks not yet trained masked, one colour scale) and each
     task's accuracy as later tasks are trained (mean over ``seeds``; joint training as a dashed line)."""
     import matplotlib
@@ -357,6 +360,6 @@ def plot_summaries(scenario: Scenario, summaries: list[Summary], path: Path, see
     axes[0, 0].set_ylabel("after training task")
     axes[1, 0].set_ylabel("test accuracy")
     axes[1, 0].legend(fontsize=6)
-    figure.suptitle(f"{scenario.name} ({scenario.setting}-incremental)")
+    figure.suptitle(title)
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)

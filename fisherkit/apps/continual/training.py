@@ -14,7 +14,8 @@ from fisherkit.apps.continual.scenarios import Scenario, Split, Task
 from fisherkit.curvature.block import tensor_sum
 from fisherkit.regularizers.regularizer import Regularizer, zero_padded
 
-EVALUATION_ROWS = 1024  # rows evaluated or consolidated at once (permuted inputs are materialized a chunk at a time)
+EVALUATION_ROWS = 1024  # rows evaluated at once (permuted inputs are materialized a chunk at a time)
+CONSOLIDATION_ROWS = 256  # rows per consolidation batch: MAS holds a batch's per-sample gradients of each layer
 
 
 class TrainingDiverged(ValueError):
@@ -163,7 +164,7 @@ def train_task(
 
 class SplitBatches:
     """The first ``count`` samples of a split (all for None) as consecutive batches of
-    ``EVALUATION_ROWS``, each read (and permuted, for a Permuted task) only when it is reached, so
+    ``CONSOLIDATION_ROWS``, each read (and permuted, for a Permuted task) only when it is reached, so
     consolidating on 60,000 samples never holds them all at once. Iterable more than once."""
 
     def __init__(self, split: Split, count: int | None) -> None:
@@ -171,12 +172,12 @@ class SplitBatches:
         self.count = len(split[1]) if count is None else min(count, len(split[1]))
 
     def __len__(self) -> int:
-        return -(-self.count // EVALUATION_ROWS)
+        return -(-self.count // CONSOLIDATION_ROWS)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         x, y = self.split
-        for start in range(0, self.count, EVALUATION_ROWS):
-            rows = slice(start, min(start + EVALUATION_ROWS, self.count))
+        for start in range(0, self.count, CONSOLIDATION_ROWS):
+            rows = slice(start, min(start + CONSOLIDATION_ROWS, self.count))
             yield x[rows], y[rows]
 
 
