@@ -201,6 +201,8 @@ def test_a_protocol_runs_end_to_end_with_its_settings_and_the_published_numbers(
         "ewc λ=1200" in captured.out and "EWC's Fisher 'predicted' on up to 60,000 training sample(s)" in captured.out
     )
     assert "| naive | " in captured.out and "| 19.71 |" in captured.out and "| joint | " in captured.out
+    naive_row = next(line for line in captured.out.splitlines() if line.startswith("| naive |") and "19.71" in line)
+    assert naive_row.endswith("| -77.8 |")  # the published distance to joint: 19.71 − 97.53
     assert "ewc (1200, predicted), seed 0: task 5/5 trained" in captured.err
     record = json.loads(out.read_text())
     assert record["protocol"]["name"] == "hsu2018-split-class" and record["protocol"]["published"]["mas"] == 19.52
