@@ -36,6 +36,7 @@ def test_help_shows_every_default_and_says_what_a_strength_means(capsys):
         (["--out", "no/such/dir/r.json"], "--out no/such/dir/r.json: the directory no/such/dir does not exist"),
         (["--threads", "0"], "--threads and --jobs must be at least 1"),
         (["--jobs", "0"], "--threads and --jobs must be at least 1"),
+        (["--iterations", "0"], "--iterations must be at least 1; got 0"),
     ],
 )
 def test_options_that_cannot_apply_are_refused_before_any_work(options, words, capsys):

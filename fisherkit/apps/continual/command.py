@@ -115,6 +115,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     the defaults of the options left out."""
     if args.threads < 1 or args.jobs < 1:
         raise UsageError(f"--threads and --jobs must be at least 1; got {args.threads} and {args.jobs}.")
+    for option, value in (("--epochs", args.epochs), ("--iterations", args.iterations)):
+        if value is not None and value < 1:
+            raise UsageError(f"{option} must be at least 1; got {value}.")
     for option, path in (("--plot", args.plot), ("--out", args.out)):
         if path is not None and not path.parent.resolve().is_dir():
             raise UsageError(f"{option} {path}: the directory {path.parent} does not exist.")
@@ -148,9 +151,6 @@ def _check_protocol_arguments(args: argparse.Namespace, protocol: Protocol) -> N
                 f"{option} is set by --protocol {protocol.name}; drop it (the protocol's settings are printed "
                 f"first{shorter})."
             )
-    value = getattr(args, budget)
-    if value is not None and value < 1:
-        raise UsageError(f"{protocol.budget_option} must be at least 1; got {value}.")
     unknown = [m for m in args.methods or () if m not in protocol.methods]
     if unknown:
         raise UsageError(

@@ -18,6 +18,9 @@ EVALUATION_ROWS = 1024  # rows evaluated at once (permuted inputs are materializ
 CONSOLIDATION_ROWS = 256  # rows per consolidation batch: MAS holds a batch's per-sample gradients of each layer
 
 
+JOINT_TRAINING = ("union", "cumulative")  # TrainConfig.joint
+
+
 class TrainingDiverged(ValueError):
     """The loss became NaN or Inf: the learning rate or the penalty strength is too large."""
 
@@ -55,9 +58,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.joint not in JOINT_TRAINING:
             raise ValueError(f"unknown joint training {self.joint!r}; choose one of {JOINT_TRAINING}.")
-
-
-JOINT_TRAINING = ("union", "cumulative")
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
