@@ -225,3 +225,17 @@ def test_options_a_protocol_sets_are_refused_before_any_work(options, words, cap
     with pytest.raises(SystemExit, match=words):
         cli_main(["cl", "--protocol", "vandeven2019-split-task", *options])
     assert "trained" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+def test_every_protocol_runs_end_to_end_on_a_tiny_budget(name, tmp_path, capsys):
+    protocol = PROTOCOLS[name]
+    data = _idx_directory(tmp_path, train=120, test=30)
+    cli_main(["cl", "--protocol", name, "--data-dir", str(data), protocol.budget_option, "1", "--seeds", "1"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"settings: protocol {name} ({protocol.source.label})")
+    for method in protocol.methods:
+        published = protocol.published.get(method)
+        rows = [line for line in out.splitlines() if line.startswith(f"| {protocol.method(method).label} |")]
+        assert len(rows) == 2, method  # the summary table, then the comparison with the paper
+        assert (f"| {published:.2f} |" if published is not None else " | — | — |") in rows[1], (method, rows[1])
