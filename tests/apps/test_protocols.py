@@ -206,7 +206,7 @@ def test_a_protocol_runs_end_to_end_with_its_settings_and_the_published_numbers(
     assert "ewc (1200, predicted), seed 0: task 5/5 trained" in captured.err
     record = json.loads(out.read_text())
     assert record["protocol"]["name"] == "hsu2018-split-class" and record["protocol"]["published"]["mas"] == 19.52
-    assert "arXiv:1810.12488" in record["protocol"]["paper"]
+    assert "arXiv:1810.12488" in record["protocol"]["paper"] and "λ = 2 · reg_coef" in record["protocol"]["conversions"]
     assert [m["method"] for m in record["methods"]] == ["naive", "ewc", "mas", "joint"]
 
 

@@ -307,7 +307,8 @@ def write_results(
         "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
         "protocol": None if protocol is None else {"name": protocol.name, "paper": protocol.source.paper,
                                                     "code": protocol.source.code, "published": dict(protocol.published),
-                                                    "settings": protocol.describe(train_config(args), scenario)},
+                                                    "settings": protocol.describe(train_config(args), scenario),
+                                                    "conversions": protocol.conversions},
         "scenario": {"name": scenario.name, "setting": scenario.setting, "tasks": len(scenario.tasks)},
         "seeds": seeds,
         "methods": [
