@@ -92,9 +92,14 @@ class Scenario:
         return self if self.per_seed is None else self.per_seed(seed)
 
 
+def _held_out(count: int, fraction: float) -> int:
+    """Samples of ``count`` held out for validation: at least one unless ``fraction`` is 0."""
+    return max(1, int(count * fraction)) if fraction > 0 else 0
+
+
 def _hold_out(x: Tensor, y: Tensor, fraction: float, generator: torch.Generator) -> tuple[Split, Split]:
     order = torch.randperm(len(x), generator=generator)
-    valid = max(1, int(len(x) * fraction)) if fraction > 0 else 0
+    valid = _held_out(len(x), fraction)
     return (x[order[valid:]], y[order[valid:]]), (x[order[:valid]], y[order[:valid]])
 
 
@@ -180,7 +185,7 @@ def permuted_scenario(
         permuted = index > 0 or permute_first
         permutation = torch.randperm(features, generator=generator) if permuted else None
         order = torch.randperm(count, generator=generator)
-        held = max(1, int(count * valid_fraction)) if valid_fraction > 0 else 0
+        held = _held_out(count, valid_fraction)
         offset = index * classes if setting == "class" else 0  # task-incremental labels index the task's units
         train_y, valid_y = dataset.train_y[order[held:]] + offset, dataset.train_y[order[:held]] + offset
         train = (PermutedInputs(dataset.train_x, order[held:], permutation), train_y)
