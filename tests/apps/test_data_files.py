@@ -4,39 +4,25 @@ with sizes checked before anything is allocated and decompression bounded."""
 from __future__ import annotations
 
 import gzip
-import struct
 import tracemalloc
 from pathlib import Path
 
 import pytest
 import torch
+from idx_files import idx_header, write_file
 
 from fisherkit.apps.cli import main as cli_main
 from fisherkit.apps.continual.datasets import IDX_FILES, load_idx_directory
 from fisherkit.apps.continual.idx import IdxFileError, read_idx
 
 
-def _header(shape: tuple[int, ...]) -> bytes:
-    return struct.pack(">BBBB", 0, 0, 8, len(shape)) + b"".join(struct.pack(">I", s) for s in shape)
-
-
-def _write(path: Path, payload: bytes, compress: bool = False) -> Path:
-    if compress:
-        path = path.with_name(path.name + ".gz")
-        with gzip.open(path, "wb") as handle:
-            handle.write(payload)
-    else:
-        path.write_bytes(payload)
-    return path
-
-
 def _directory(tmp_path: Path, train: int = 5, test: int = 2, train_labels: int | None = None) -> Path:
     images = torch.randint(0, 256, (train, 3, 2), dtype=torch.uint8)
-    _write(tmp_path / IDX_FILES["train_images"], _header((train, 3, 2)) + images.numpy().tobytes())
+    write_file(tmp_path / IDX_FILES["train_images"], idx_header((train, 3, 2)) + images.numpy().tobytes())
     count = train if train_labels is None else train_labels
-    _write(tmp_path / IDX_FILES["train_labels"], _header((count,)) + bytes(range(count)))
-    _write(tmp_path / IDX_FILES["test_images"], _header((test, 3, 2)) + bytes(6 * test), compress=True)
-    _write(tmp_path / IDX_FILES["test_labels"], _header((test,)) + bytes(test))
+    write_file(tmp_path / IDX_FILES["train_labels"], idx_header((count,)) + bytes(range(count)))
+    write_file(tmp_path / IDX_FILES["test_images"], idx_header((test, 3, 2)) + bytes(6 * test), compress=True)
+    write_file(tmp_path / IDX_FILES["test_labels"], idx_header((test,)) + bytes(test))
     return tmp_path
 
 
@@ -45,12 +31,12 @@ def _directory(tmp_path: Path, train: int = 5, test: int = 2, train_labels: int 
     [
         (b"\x00\x00\x0d\x01" + bytes(8), False, r"not an IDX file of unsigned bytes \(magic number 00000d01"),
         (b"", False, r"magic number missing"),
-        (_header((4, 3))[:7], False, r"header is truncated \(7 of 12 bytes\)"),
-        (_header((4, 3)) + bytes(5), False, r"declares shape \(4, 3\) \(12 bytes\) but the file holds 5 bytes"),
-        (_header((4, 3)) + bytes(20), False, r"declares shape \(4, 3\) \(12 bytes\) but the file holds 20 bytes"),
-        (_header((4, 3)) + bytes(5), True, r"declares shape \(4, 3\) \(12 bytes\) but the file holds 5 bytes"),
+        (idx_header((4, 3))[:7], False, r"header is truncated \(7 of 12 bytes\)"),
+        (idx_header((4, 3)) + bytes(5), False, r"declares shape \(4, 3\) \(12 bytes\) but the file holds 5 bytes"),
+        (idx_header((4, 3)) + bytes(20), False, r"declares shape \(4, 3\) \(12 bytes\) but the file holds 20 bytes"),
+        (idx_header((4, 3)) + bytes(5), True, r"declares shape \(4, 3\) \(12 bytes\) but the file holds 5 bytes"),
         (
-            _header((65535, 65535, 65535)),
+            idx_header((65535, 65535, 65535)),
             False,
             r"declares shape \(65535, 65535, 65535\), 281462092005375 bytes, more than",
         ),
@@ -66,16 +52,16 @@ def _directory(tmp_path: Path, train: int = 5, test: int = 2, train_labels: int 
     ],
 )
 def test_malformed_files_are_named_with_their_fault(tmp_path, payload, compress, words):
-    path = _write(tmp_path / "train-images-idx3-ubyte", payload, compress)
+    path = write_file(tmp_path / "train-images-idx3-ubyte", payload, compress)
     with pytest.raises(IdxFileError, match=rf"{path.name}: .*{words}"):
         read_idx(path)
 
 
 def test_a_file_that_is_not_gzip_or_is_cut_short_is_named(tmp_path):
-    fake = _write(tmp_path / "fake-idx1-ubyte.gz", _header((3,)) + bytes(3))  # raw bytes under a .gz name
+    fake = write_file(tmp_path / "fake-idx1-ubyte.gz", idx_header((3,)) + bytes(3))  # raw bytes under a .gz name
     with pytest.raises(IdxFileError, match=r"fake-idx1-ubyte.gz: cannot be read as gzip"):
         read_idx(fake)
-    whole = _write(tmp_path / "cut-idx1-ubyte", _header((3000,)) + bytes(3000), compress=True).read_bytes()
+    whole = write_file(tmp_path / "cut-idx1-ubyte", idx_header((3000,)) + bytes(3000), compress=True).read_bytes()
     cut = tmp_path / "cut-idx1-ubyte.gz"
     cut.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(IdxFileError, match=r"cut-idx1-ubyte.gz: "):
@@ -85,7 +71,7 @@ def test_a_file_that_is_not_gzip_or_is_cut_short_is_named(tmp_path):
 def test_a_file_that_inflates_past_its_header_is_never_decompressed_whole(tmp_path):
     path = tmp_path / "bomb-idx1-ubyte.gz"
     with gzip.open(path, "wb") as handle:  # a 12-byte header, then 200 MB of zeros (≈ 200 kB compressed)
-        handle.write(_header((10,)) + bytes(10))
+        handle.write(idx_header((10,)) + bytes(10))
         for _ in range(200):
             handle.write(bytes(2**20))
     tracemalloc.start()
@@ -97,7 +83,7 @@ def test_a_file_that_inflates_past_its_header_is_never_decompressed_whole(tmp_pa
 
 
 def test_the_size_limit_is_checked_before_reading(tmp_path):
-    path = _write(tmp_path / "big-idx1-ubyte", _header((1000,)) + bytes(1000))
+    path = write_file(tmp_path / "big-idx1-ubyte", idx_header((1000,)) + bytes(1000))
     with pytest.raises(IdxFileError, match=r"1000 bytes, more than the limit of 999 bytes \(pass max_bytes="):
         read_idx(path, max_bytes=999)
     assert read_idx(path).shape == (1000,)
@@ -114,7 +100,7 @@ def test_images_and_labels_are_cross_checked(tmp_path):
 def test_train_and_test_images_must_have_one_shape(tmp_path):
     _directory(tmp_path)
     (tmp_path / f"{IDX_FILES['test_images']}.gz").unlink()
-    _write(tmp_path / IDX_FILES["test_images"], _header((2, 2, 3)) + bytes(12))
+    write_file(tmp_path / IDX_FILES["test_images"], idx_header((2, 2, 3)) + bytes(12))
     with pytest.raises(IdxFileError, match=r"of shape \(3, 2\) but .*t10k-images-idx3-ubyte of shape \(2, 3\)"):
         load_idx_directory(tmp_path)
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import copy
 import json
-import struct
 from pathlib import Path
 
 import pytest
 import torch
+from idx_files import idx_bytes, write_file
 from oracles import TOLERANCES
 from torch import nn
 
@@ -178,10 +178,8 @@ def _idx_directory(path: Path, train: int = 300, test: int = 60) -> Path:
         labels = torch.arange(count) % 10
         images = torch.randint(0, 60, (count, 28, 28), generator=generator)
         images[torch.arange(count), labels * 2, 5:20] = 255  # a learnable stroke per class
-        head = struct.pack(">BBBB", 0, 0, 8, 3) + struct.pack(">III", count, 28, 28)
-        (path / IDX_FILES[f"{split}_images"]).write_bytes(head + images.to(torch.uint8).numpy().tobytes())
-        head = struct.pack(">BBBB", 0, 0, 8, 1) + struct.pack(">I", count)
-        (path / IDX_FILES[f"{split}_labels"]).write_bytes(head + labels.to(torch.uint8).numpy().tobytes())
+        write_file(path / IDX_FILES[f"{split}_images"], idx_bytes(images))
+        write_file(path / IDX_FILES[f"{split}_labels"], idx_bytes(labels))
     return path
 
 

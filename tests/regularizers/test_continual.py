@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import copy
-import gzip
-import struct
 
 import pytest
 import torch
+from idx_files import idx_bytes, write_file
 from oracles import EXACT, TOLERANCES, brute_force_dense, brute_force_diagonal
 from torch import nn
 
@@ -345,23 +344,13 @@ def test_split_and_permuted_scenarios():
         split_scenario(data, "task", num_tasks=4)
 
 
-def _write_idx(path, array: torch.Tensor, compress: bool) -> None:
-    header = struct.pack(">BBBB", 0, 0, 8, array.dim()) + b"".join(struct.pack(">I", s) for s in array.shape)
-    payload = header + array.to(torch.uint8).numpy().tobytes()
-    if compress:
-        with gzip.open(f"{path}.gz", "wb") as handle:
-            handle.write(payload)
-    else:
-        path.write_bytes(payload)
-
-
 def test_idx_directories_are_read_raw_or_gzipped_and_missing_files_are_explained(tmp_path):
     images = torch.randint(0, 256, (5, 3, 2))
     labels = torch.tensor([3, 1, 4, 1, 5])
-    _write_idx(tmp_path / "train-images-idx3-ubyte", images, compress=True)
-    _write_idx(tmp_path / "train-labels-idx1-ubyte", labels, compress=False)
-    _write_idx(tmp_path / "t10k-images-idx3-ubyte", images[:2], compress=False)
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels[:2], compress=True)
+    write_file(tmp_path / "train-images-idx3-ubyte", idx_bytes(images), compress=True)
+    write_file(tmp_path / "train-labels-idx1-ubyte", idx_bytes(labels), compress=False)
+    write_file(tmp_path / "t10k-images-idx3-ubyte", idx_bytes(images[:2]), compress=False)
+    write_file(tmp_path / "t10k-labels-idx1-ubyte", idx_bytes(labels[:2]), compress=True)
     data = load_idx_directory(tmp_path)
     torch.testing.assert_close(data.train_x, images.reshape(5, 6).float() / 255)
     assert data.train_y.tolist() == [3, 1, 4, 1, 5] and data.test_x.shape == (2, 6)

@@ -236,7 +236,7 @@ def run(args: argparse.Namespace, emit: Lines, progress: Lines) -> None:
             average, spread = summaries[-1].stat("average")
             emit(f"{method.label}: average accuracy {100 * average:.1f} ± {100 * spread:.1f} over seeds {seeds}")
             if args.out is not None:
-                write_results(args.out, args, scenario, summaries, seeds)
+                write_results(args.out, args, scenario, config, summaries, seeds)
     finally:
         if pool is not None:
             pool.close()
@@ -298,7 +298,12 @@ def search(scenario: Scenario, method: Method, config: TrainConfig, emit: Lines,
 
 
 def write_results(
-    path: Path, args: argparse.Namespace, scenario: Scenario, summaries: list[Summary], seeds: list[int]
+    path: Path,
+    args: argparse.Namespace,
+    scenario: Scenario,
+    config: TrainConfig,
+    summaries: list[Summary],
+    seeds: list[int],
 ) -> None:
     """The machine-readable record so far (settings, seeds, every method's accuracy matrices), written
     to a temporary file and moved over ``path``, so an interruption never leaves half a file."""
@@ -307,7 +312,7 @@ def write_results(
         "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
         "protocol": None if protocol is None else {"name": protocol.name, "paper": protocol.source.paper,
                                                     "code": protocol.source.code, "published": dict(protocol.published),
-                                                    "settings": protocol.describe(train_config(args), scenario),
+                                                    "settings": protocol.describe(config, scenario),
                                                     "conversions": protocol.conversions},
         "scenario": {"name": scenario.name, "setting": scenario.setting, "tasks": len(scenario.tasks)},
         "seeds": seeds,

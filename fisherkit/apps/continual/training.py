@@ -156,29 +156,29 @@ def train_task(
         _check_finite(loss, f"task {task.name!r}")
         loss.backward()
         optimizer.step()
-    consolidation = SplitBatches(task.train, config.fisher_samples)
+    consolidation = SplitBatches(task.train, config.fisher_samples, CONSOLIDATION_ROWS)
     for regularizer in regularizers:
         regularizer.end_task(consolidation)
     return optimizer
 
 
 class SplitBatches:
-    """The first ``count`` samples of a split (all for None) as consecutive batches of
-    ``CONSOLIDATION_ROWS``, each read (and permuted, for a Permuted task) only when it is reached, so
-    consolidating on 60,000 samples never holds them all at once. Iterable more than once."""
+    """The first ``count`` samples of a split (all for None) as consecutive batches of ``rows``,
+    each read (and permuted, for a Permuted task) only when it is reached, so consolidating on or
+    evaluating 60,000 samples never holds them all at once. Iterable more than once."""
 
-    def __init__(self, split: Split, count: int | None) -> None:
-        self.split = split
+    def __init__(self, split: Split, count: int | None, rows: int) -> None:
+        self.split, self.rows = split, rows
         self.count = len(split[1]) if count is None else min(count, len(split[1]))
 
     def __len__(self) -> int:
-        return -(-self.count // CONSOLIDATION_ROWS)
+        return -(-self.count // self.rows)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         x, y = self.split
-        for start in range(0, self.count, CONSOLIDATION_ROWS):
-            rows = slice(start, min(start + CONSOLIDATION_ROWS, self.count))
-            yield x[rows], y[rows]
+        for start in range(0, self.count, self.rows):
+            part = slice(start, min(start + self.rows, self.count))
+            yield x[part], y[part]
 
 
 class UnionSplit:
@@ -243,12 +243,9 @@ def accuracy(model: MaskedMLP, task: Task, split: str = "test") -> float:
     """Accuracy on a task's ``"test"`` or ``"valid"`` split, through its output units."""
     model.eval()
     model.active = task.active
-    x, y = getattr(task, split)
-    correct = 0
-    for start in range(0, len(x), EVALUATION_ROWS):
-        part = slice(start, start + EVALUATION_ROWS)
-        correct += int((model(x[part]).argmax(1) == y[part]).sum())
-    return correct / len(x)
+    data = getattr(task, split)
+    correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in SplitBatches(data, None, EVALUATION_ROWS))
+    return correct / len(data[1])
 
 
 def accuracy_row(model: MaskedMLP, scenario: Scenario, split: str) -> list[float]:
